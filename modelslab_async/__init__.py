@@ -1,0 +1,100 @@
+"""
+modelslab-async: an asyncio client for the ModelsLab enterprise img2img API, with a
+load-balancing pool of enterprise servers, retries, polling and streaming batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._client import Client
+from ._config import DEFAULT_BASE_URL, Endpoints, PollPolicy, Timeouts
+from ._converter import request_from_wire, request_to_wire
+from ._dispatch import BatchProgress, Dispatcher, Job, JobOutcome
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    ConnectError,
+    InvalidRequestError,
+    JobFailedError,
+    JobTimeoutError,
+    ModelsLabError,
+    NoServerAvailableError,
+    RateLimitError,
+    ReadError,
+    ResponseFormatError,
+    ServerBusyError,
+    ServerError,
+    TransportError,
+)
+from ._events import EventKind, JobEvent, JobEventHandler
+from ._health import HealthPolicy
+from ._models import (
+    Attempt,
+    ImageResult,
+    Img2ImgRequest,
+    JobStatus,
+    SafetyCheckerType,
+    Scheduler,
+    SystemDetails,
+)
+from ._pool import Routing, Server, ServerPool, ServerSnapshot
+from ._retry import RetryPolicy
+from ._secrets import fingerprint
+from ._transport import AiohttpTransport, RawResponse, Transport
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "APIError",
+    "AiohttpTransport",
+    "Attempt",
+    "AuthenticationError",
+    "BatchProgress",
+    "Client",
+    "ConnectError",
+    "Dispatcher",
+    "Endpoints",
+    "EventKind",
+    "HealthPolicy",
+    "ImageResult",
+    "Img2ImgRequest",
+    "InvalidRequestError",
+    "Job",
+    "JobEvent",
+    "JobEventHandler",
+    "JobFailedError",
+    "JobOutcome",
+    "JobStatus",
+    "JobTimeoutError",
+    "ModelsLabError",
+    "NoServerAvailableError",
+    "PollPolicy",
+    "RateLimitError",
+    "RawResponse",
+    "ReadError",
+    "ResponseFormatError",
+    "RetryPolicy",
+    "Routing",
+    "SafetyCheckerType",
+    "Scheduler",
+    "Server",
+    "ServerBusyError",
+    "ServerError",
+    "ServerPool",
+    "ServerSnapshot",
+    "SystemDetails",
+    "Timeouts",
+    "Transport",
+    "TransportError",
+    "fingerprint",
+    "request_from_wire",
+    "request_to_wire",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415 - only when asked
+
+        return version("modelslab-async")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

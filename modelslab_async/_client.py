@@ -1,0 +1,334 @@
+"""The client: configuration, lifecycle, and the calls users make."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from ._config import DEFAULT, DEFAULT_BASE_URL, Default, Endpoints, PollPolicy, Timeouts
+from ._converter import request_to_wire
+from ._errors import InvalidRequestError, JobFailedError, ModelsLabError
+from ._events import JobEventHandler
+from ._job import JobRunner, Wire
+from ._models import ImageResult, Img2ImgRequest, JobStatus, SystemDetails
+from ._pool import Server, ServerPool
+from ._responses import classify_plain
+from ._retry import RetryPolicy
+from ._transport import AiohttpTransport, RawResponse, Transport
+
+if TYPE_CHECKING:
+    from ._dispatch import Job, JobOutcome
+
+__all__ = ["Client"]
+
+logger = logging.getLogger("modelslab_async")
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+class Client:
+    """
+    An asyncio client for the ModelsLab enterprise img2img API over a pool of servers.
+
+    Use it as ``async with Client(...) as client``; it holds one HTTP session.
+
+    Args:
+        servers: A :class:`ServerPool`, or servers / keys to build one (first-server routing).
+        base_url: The enterprise API base, e.g. ``https://modelslab.com/api/v1/enterprise``.
+        timeouts: Per-phase timeouts and the overall deadline of a job.
+        retry: How submits are retried.
+        poll: How queued jobs are polled.
+        endpoints: Endpoint paths (documented by default; :meth:`Endpoints.sdk` for the SDKs').
+        transport: Replaces the aiohttp transport (tests, benchmarks, custom sessions).
+    """
+
+    def __init__(
+        self,
+        servers: ServerPool | Iterable[Server | str],
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        endpoints: Endpoints | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        if isinstance(servers, str):
+            raise InvalidRequestError("servers", "pass a list of keys, not one string")
+        self.pool = servers if isinstance(servers, ServerPool) else ServerPool(servers)
+        self.timeouts = timeouts or Timeouts()
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollPolicy()
+        self._transport: Transport = transport or AiohttpTransport(
+            connect_timeout=self.timeouts.connect, limit=max(100, 2 * self.pool.capacity + 8)
+        )
+        self._wire = Wire(
+            self._transport, base_url.rstrip("/"), endpoints or Endpoints(), self.timeouts
+        )
+        self._state = _State.UNOPENED
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL."""
+        return self._wire.base_url
+
+    def __repr__(self) -> str:
+        return f"<Client {self._state.value} {self.base_url} {self.pool!r}>"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError(f"a client can be opened once (it is {self._state.value})")
+        self._state = _State.OPENED
+        interval = self.pool.health_policy.probe_interval
+        if interval is not None:
+            group = await self._stack.enter_async_context(asyncio.TaskGroup())
+            probes = group.create_task(self._probe_forever(interval), name="modelslab-probes")
+            self._stack.callback(probes.cancel)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop background probes and close the HTTP session. Safe to call twice."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        try:
+            await self._stack.aclose()
+        finally:
+            await self._transport.aclose()
+
+    def _check_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise RuntimeError("the client is closed")
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    async def img2img(
+        self,
+        request: Img2ImgRequest,
+        *,
+        timeout: float | Default | None = DEFAULT,
+        on_event: JobEventHandler | None = None,
+    ) -> ImageResult:
+        """
+        Run one img2img job to its end and return its images.
+
+        Submits the job (retrying and rerouting as the policy allows), and when the server
+        answers ``processing`` polls the fetch endpoint with the key that submitted it.
+
+        Args:
+            request: The job.
+            timeout: Deadline for the whole job, in seconds (default: ``timeouts.job``).
+            on_event: Receives progress events.
+
+        Raises:
+            InvalidRequestError: ``request`` is not an :class:`Img2ImgRequest`.
+            ModelsLabError: Any other failure; the error's ``attempts`` tell what was tried.
+        """
+        self._check_open()
+        if not isinstance(request, Img2ImgRequest):
+            raise InvalidRequestError(
+                "request", f"expected an Img2ImgRequest, got {type(request).__name__}"
+            )
+        return await self._submit(request, self._job_timeout(timeout), on_event)
+
+    async def wire_body(self, request: Img2ImgRequest) -> dict[str, Any]:
+        """The JSON body for ``request`` without the key (a local file is read off the loop)."""
+        if isinstance(request.init_image, Path):
+            return await asyncio.to_thread(request_to_wire, request)
+        return request_to_wire(request)
+
+    async def fetch(
+        self,
+        request_id: str | int,
+        *,
+        server: str | None = None,
+        timeout: float | Default | None = DEFAULT,
+        on_event: JobEventHandler | None = None,
+    ) -> ImageResult:
+        """
+        Collect a job accepted earlier, polling until it ends.
+
+        Args:
+            request_id: The id the server gave the job.
+            server: The name of the server whose key submitted it (default: the first
+                server, or the first-server path). Fetches must use the submitting key.
+            timeout: Deadline in seconds (default: ``timeouts.job``).
+            on_event: Receives progress events.
+        """
+        self._check_open()
+        return await self._collect(
+            str(request_id),
+            server=server,
+            timeout=self._job_timeout(timeout),
+            on_event=on_event,
+            job_id=None,
+            index=None,
+        )
+
+    async def fetch_once(self, request_id: str | int, *, server: str | None = None) -> JobStatus:
+        """Ask once about a job accepted earlier: done (with its result) or still processing."""
+        self._check_open()
+        route = self.pool.route(server)
+        path, fields = self._wire.endpoints.fetch_call(str(request_id))
+        answer = await self._call_once(route.name, path, fields)
+        runner = self._runner(None, None)
+        if answer.status == "success" and (answer.output or answer.proxy_links):
+            return JobStatus(
+                request_id=str(request_id), done=True, result=runner.result(route, answer)
+            )
+        if answer.status == "failed":
+            raise JobFailedError(
+                answer.message or "failed", request_id=str(request_id), server=route.name
+            )
+        return JobStatus(request_id=str(request_id), done=False, eta=answer.eta)
+
+    async def system_details(self, server: str | None = None) -> SystemDetails:
+        """Ask a server about itself (``system_details``): status, queue time, models."""
+        self._check_open()
+        route = self.pool.route(server)
+        body = {"key": route.key}
+        raw = await self._transport.post_json(
+            f"{self.base_url}/{self._wire.endpoints.system_details}",
+            body,
+            timeout=self.timeouts.fetch_read,
+            server=route.name,
+        )
+        return _system_details(route.name, raw)
+
+    async def download(self, url: str) -> RawResponse:
+        """GET an output URL (no key is sent); returns the raw answer."""
+        self._check_open()
+        return await self._transport.get(url, timeout=self.timeouts.download_read)
+
+    def img2img_batch(
+        self,
+        jobs: Iterable[Img2ImgRequest | Job] | AsyncIterable[Img2ImgRequest | Job],
+        *,
+        concurrency: int | None = None,
+        ordered: bool = False,
+        job_timeout: float | Default | None = DEFAULT,
+        on_event: JobEventHandler | None = None,
+    ) -> AsyncIterator[JobOutcome]:
+        """
+        Run many jobs, yielding one :class:`JobOutcome` each: short for
+        ``Dispatcher(client, ...).run(jobs)``. Wrap in ``contextlib.aclosing`` when you may
+        stop early, so that the jobs in flight are cancelled at once.
+        """
+        from ._dispatch import Dispatcher  # noqa: PLC0415 - _dispatch imports this module
+
+        dispatcher = Dispatcher(
+            self,
+            concurrency=concurrency,
+            ordered=ordered,
+            job_timeout=self._job_timeout(job_timeout),
+            on_event=on_event,
+        )
+        return dispatcher.run(jobs)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _job_timeout(self, timeout: float | Default | None) -> float | None:
+        return self.timeouts.job if isinstance(timeout, Default) else timeout
+
+    def _runner(
+        self,
+        timeout: float | None,
+        on_event: JobEventHandler | None,
+        job_id: str | None = None,
+        index: int | None = None,
+    ) -> JobRunner:
+        return JobRunner(
+            self._wire,
+            self.pool,
+            retry=self.retry,
+            poll=self.poll,
+            timeout=timeout,
+            emit=on_event,
+            job_id=job_id,
+            index=index,
+        )
+
+    async def _submit(
+        self,
+        request: Img2ImgRequest,
+        timeout: float | None,
+        on_event: JobEventHandler | None,
+        job_id: str | None = None,
+        index: int | None = None,
+    ) -> ImageResult:
+        self._check_open()
+        body = await self.wire_body(request)
+        return await self._runner(timeout, on_event, job_id, index).submit(body)
+
+    async def _collect(
+        self,
+        request_id: str,
+        *,
+        server: str | None,
+        timeout: float | None,
+        on_event: JobEventHandler | None,
+        job_id: str | None,
+        index: int | None,
+    ) -> ImageResult:
+        self._check_open()
+        route = self.pool.route(server)
+        return await self._runner(timeout, on_event, job_id, index).collect(route, request_id)
+
+    async def _call_once(self, server: str, path: str, fields: dict[str, str]) -> Any:
+        route = self.pool.route(server)
+        try:
+            answer = await self._wire.call(
+                route, path, fields, read_timeout=self.timeouts.fetch_read, phase="fetch"
+            )
+        except ModelsLabError as error:
+            self.pool.record_error(route, error)
+            raise
+        self.pool.record_answer(route)
+        return answer
+
+    async def _probe_forever(self, interval: float) -> None:
+        while True:
+            for route in self.pool.routes:
+                try:
+                    details = await self.system_details(route.name)
+                except ModelsLabError as error:
+                    logger.info("probe of %s failed: %s", route.name, error)
+                    self.pool.record_error(route, error)
+                else:
+                    if details.status.lower() in ("ok", "success"):
+                        self.pool.record_answer(route)
+            await asyncio.sleep(interval)
+
+
+def _system_details(server: str, raw: RawResponse) -> SystemDetails:
+    body = classify_plain(raw, server=server)
+    queue = body.get("queue_time")
+    models = body.get("model_count")
+    return SystemDetails(
+        server=server,
+        status=str(body.get("status", "")),
+        queue_time=float(queue) if isinstance(queue, int | float) else None,
+        model_count=models if isinstance(models, int) and not isinstance(models, bool) else None,
+        raw=body,
+    )

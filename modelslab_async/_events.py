@@ -1,0 +1,53 @@
+"""Progress events: what happens to a job, as it happens, for progress bars and metrics."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+from attrs import frozen
+
+__all__ = ["EventKind", "JobEvent", "JobEventHandler"]
+
+
+class EventKind(enum.StrEnum):
+    """What happened to a job."""
+
+    SUBMITTED = "submitted"  #: a submit attempt is going out
+    QUEUED = "queued"  #: the server accepted the job and answered "processing" (see ``eta``)
+    RETRIED = "retried"  #: an attempt failed and another will follow after ``wait`` seconds
+    REROUTED = "rerouted"  #: the next attempt goes to another server than the last one
+    DONE = "done"  #: the job finished with images
+    FAILED = "failed"  #: the job ended with an error (see ``error``)
+
+
+@frozen(kw_only=True)
+class JobEvent:
+    """
+    One thing that happened to one job.
+
+    Attributes:
+        kind: What happened.
+        job_id: The job's id in its batch (None for a lone ``img2img`` call).
+        index: The job's position in its batch input.
+        server: The server (route) involved.
+        attempt: The submit attempt number, from 1.
+        eta: The server's estimate, in seconds, for ``QUEUED``.
+        wait: Seconds until the next attempt, for ``RETRIED``.
+        error: ``"ErrorType: message"``, for ``RETRIED`` and ``FAILED``.
+        request_id: The job's id on the server, once accepted.
+    """
+
+    kind: EventKind
+    job_id: str | None = None
+    index: int | None = None
+    server: str | None = None
+    attempt: int = 0
+    eta: float | None = None
+    wait: float | None = None
+    error: str | None = None
+    request_id: str | None = None
+
+
+#: A callable that receives events; it must not block (it runs on the event loop).
+JobEventHandler = Callable[[JobEvent], None]

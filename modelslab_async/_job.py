@@ -1,0 +1,345 @@
+"""
+Running one job: submit with retries across the pool, then poll the submitting key.
+
+A job holds one pool slot from its submit until its result is collected. Every attempt is
+recorded, so that the result or the final error can tell what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from attrs import evolve, frozen
+from tenacity import RetryCallState
+
+from ._config import Endpoints, PollPolicy, Timeouts
+from ._errors import (
+    APIError,
+    JobFailedError,
+    JobTimeoutError,
+    ModelsLabError,
+    RateLimitError,
+    ResponseFormatError,
+    ServerBusyError,
+    ServerError,
+)
+from ._events import EventKind, JobEvent, JobEventHandler
+from ._models import ApiResponse, Attempt, ImageResult
+from ._pool import Route, ServerPool
+from ._responses import classify
+from ._retry import RetryPolicy, may_have_started
+from ._transport import Transport
+
+__all__ = ["JobRunner", "Wire"]
+
+Phase = Literal["submit", "fetch", "other"]
+
+
+@frozen
+class Wire:
+    """How to reach the API: transport, base URL, paths, timeouts. Internal."""
+
+    transport: Transport
+    base_url: str
+    endpoints: Endpoints
+    timeouts: Timeouts
+
+    async def call(
+        self,
+        route: Route,
+        path: str,
+        fields: Mapping[str, Any],
+        *,
+        read_timeout: float,
+        phase: Phase,
+    ) -> ApiResponse:
+        """POST ``fields`` plus the route's key to ``path``; return the classified answer."""
+        body = {**fields, "key": route.key}
+        route.in_flight += 1
+        try:
+            raw = await self.transport.post_json(
+                f"{self.base_url}/{path}", body, timeout=read_timeout, server=route.name
+            )
+        finally:
+            route.in_flight -= 1
+        return classify(raw, server=route.name, phase=phase)
+
+
+class JobRunner:
+    """One job's life: submit (with retries and rerouting), then poll until done. Internal."""
+
+    def __init__(
+        self,
+        wire: Wire,
+        pool: ServerPool,
+        *,
+        retry: RetryPolicy,
+        poll: PollPolicy,
+        timeout: float | None,
+        emit: JobEventHandler | None = None,
+        job_id: str | None = None,
+        index: int | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self._job_id = job_id
+        self._index = index
+        self._wire = wire
+        self._pool = pool
+        self._retry = retry
+        self._poll_policy = poll
+        self._timeout = timeout
+        self._emit_to = emit
+        self._sleep = sleep
+        self._started = time.monotonic()
+        self._deadline = None if timeout is None else self._started + timeout
+        self.attempts: list[Attempt] = []
+        self.request_id: str | None = None
+        self.route: Route | None = None
+        self._submits = 0
+        self._last_route: Route | None = None
+        self._avoid: set[Route] = set()
+        self._maybe_started = False
+        self.possible_duplicate = False
+        self._waited = 0.0
+
+    # --- entry points -------------------------------------------------------------------------
+
+    async def submit(self, body: Mapping[str, Any]) -> ImageResult:
+        """Run the job to its end; raises a typed error carrying the attempt history."""
+        return await self._bounded(self._submit_with_retries(body))
+
+    async def collect(self, route: Route, request_id: str) -> ImageResult:
+        """Poll a job accepted earlier (by ``route``'s key) until it ends."""
+        self.request_id, self.route = request_id, route
+
+        async def run() -> ImageResult:
+            lease = await self._pool.acquire(deadline=self._deadline, pinned=route)
+            route.processing += 1
+            try:
+                final = await self._poll(route, request_id, eta=0.0)
+            finally:
+                route.processing -= 1
+                self._pool.release(lease)
+            return self.result(route, final)
+
+        return await self._bounded(run())
+
+    async def _bounded(self, work: Any) -> ImageResult:
+        try:
+            async with asyncio.timeout(self._timeout) as scope:
+                result: ImageResult = await work
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            error: ModelsLabError = JobTimeoutError(
+                self._timeout or 0.0,
+                request_id=self.request_id,
+                server=self.route.name if self.route else None,
+            )
+            raise self._fail(error) from None
+        except ModelsLabError as error:
+            raise self._fail(error) from error.__cause__
+        self._emit(EventKind.DONE, server=result.server)
+        return result
+
+    def _fail(self, error: ModelsLabError) -> ModelsLabError:
+        error.with_context(attempts=self.attempts, possible_duplicate=self.possible_duplicate)
+        self._emit(EventKind.FAILED, error=f"{type(error).__name__}: {error.message}")
+        return error
+
+    # --- submit -------------------------------------------------------------------------------
+
+    async def _submit_with_retries(self, body: Mapping[str, Any]) -> ImageResult:
+        retrying = self._retry.retrying(
+            can_reroute=lambda: self._pool.can_reroute(self._last_route),
+            accepted=lambda: self.request_id is not None,
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+        )
+        result: ImageResult | None = None
+        async for attempt in retrying:
+            with attempt:
+                result = await self._attempt(body)
+        assert result is not None  # noqa: S101 - tenacity re-raises on the last failure
+        return result
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        wait = state.next_action.sleep if state.next_action else 0.0
+        self._waited = wait
+        error = state.outcome.exception() if state.outcome else None
+        text = f"{type(error).__name__}: {error}" if error else None
+        self._emit(EventKind.RETRIED, wait=wait, error=text)
+
+    async def _attempt(self, body: Mapping[str, Any]) -> ImageResult:
+        lease = await self._pool.acquire(deadline=self._deadline, avoid=self._avoid)
+        route = lease.route
+        self._submits += 1
+        if self._last_route is not None and route is not self._last_route:
+            self._emit(EventKind.REROUTED, server=route.name)
+        if self._maybe_started:
+            self.possible_duplicate = True
+        self._emit(EventKind.SUBMITTED, server=route.name)
+        started = time.monotonic()
+        try:
+            fields = {**body, **route.extra_body}
+            route.health.submits += 1
+            try:
+                answer = await self._wire.call(
+                    route,
+                    self._wire.endpoints.img2img,
+                    fields,
+                    read_timeout=self._read_timeout(self._wire.timeouts.submit_read),
+                    phase="submit",
+                )
+                if answer.status == "success" and not _has_images(answer) and answer.id is None:
+                    raise ResponseFormatError(
+                        "success without images or id", status_code=200, server=route.name
+                    )
+            except ModelsLabError as error:
+                self._record(route, "submit", error)
+                self._pool.record_error(route, error)
+                self._maybe_started = self._maybe_started or may_have_started(error)
+                self._avoid.add(route)
+                self._last_route = route
+                raise
+            self._pool.record_answer(route)
+            self._record(route, "submit", None, answer.status)
+            self._last_route = route
+            if answer.status == "failed":
+                raise JobFailedError(
+                    answer.message or "failed", request_id=answer.id, server=route.name
+                )
+            if answer.status == "success" and _has_images(answer):
+                result = self.result(route, answer)
+            else:
+                result = await self._queued(route, answer)
+        finally:
+            self._pool.release(lease)
+        route.health.record_job(time.monotonic() - started)
+        return result
+
+    async def _queued(self, route: Route, answer: ApiResponse) -> ImageResult:
+        assert answer.id is not None  # noqa: S101 - classify() guarantees it on submit
+        self.request_id, self.route = answer.id, route
+        self._emit(EventKind.QUEUED, server=route.name, eta=answer.eta)
+        route.processing += 1
+        try:
+            final = await self._poll(route, answer.id, answer.eta)
+        finally:
+            route.processing -= 1
+        merged = final if final.meta else _with_meta(final, answer.meta)
+        return self.result(route, merged)
+
+    # --- poll ---------------------------------------------------------------------------------
+
+    async def _poll(self, route: Route, request_id: str, eta: float | None) -> ApiResponse:
+        path, fields = self._wire.endpoints.fetch_call(request_id)
+        previous: float | None = None
+        while True:
+            delay = self._poll_policy.delay(eta, previous)
+            previous = delay
+            await self._sleep(delay)
+            route.health.fetches += 1
+            try:
+                answer = await self._wire.call(
+                    route,
+                    path,
+                    fields,
+                    read_timeout=self._read_timeout(self._wire.timeouts.fetch_read),
+                    phase="fetch",
+                )
+            except APIError as error:
+                self._record(route, "fetch", error)
+                if not _transient(error):
+                    raise JobFailedError(
+                        error.api_message, request_id=request_id, server=route.name
+                    ) from error
+                self._pool.record_error(route, error)
+                eta = error.retry_after if isinstance(error, RateLimitError) else None
+                continue
+            except ModelsLabError as error:  # transport or malformed: the job is still there
+                self._record(route, "fetch", error)
+                self._pool.record_error(route, error)
+                eta = None
+                continue
+            self._pool.record_answer(route)
+            if answer.status == "success" and _has_images(answer):
+                self._record(route, "fetch", None, "success")
+                return answer
+            if answer.status in ("failed", "error"):
+                self._record(route, "fetch", None, answer.status)
+                raise JobFailedError(
+                    answer.message or answer.status, request_id=request_id, server=route.name
+                )
+            eta = answer.eta
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _read_timeout(self, phase_timeout: float) -> float:
+        if self._deadline is None:
+            return phase_timeout
+        return max(0.001, min(phase_timeout, self._deadline - time.monotonic()))
+
+    def _record(
+        self,
+        route: Route,
+        phase: Literal["submit", "fetch"],
+        error: ModelsLabError | None,
+        detail: str = "",
+    ) -> None:
+        if error is not None:
+            detail = error.message
+        self.attempts.append(
+            Attempt(
+                server=route.name,
+                phase=phase,
+                error=type(error).__name__ if error else None,
+                detail=detail,
+                waited=round(self._waited, 3),
+            )
+        )
+        self._waited = 0.0
+
+    def result(self, route: Route, answer: ApiResponse) -> ImageResult:
+        """The finished job's result, with what this runner knows of its history."""
+        return ImageResult(
+            id=answer.id or self.request_id,
+            output=answer.output or answer.proxy_links,
+            proxy_links=answer.proxy_links,
+            generation_time=answer.generation_time,
+            meta=answer.meta,
+            nsfw_content_detected=answer.nsfw_content_detected,
+            server=route.name,
+            attempts=max(self._submits, 1),
+            elapsed=time.monotonic() - self._started,
+            possible_duplicate=self.possible_duplicate,
+        )
+
+    def _emit(self, kind: EventKind, **fields: Any) -> None:
+        if self._emit_to is not None:
+            fields.setdefault("server", self.route.name if self.route else None)
+            self._emit_to(
+                JobEvent(
+                    kind=kind,
+                    job_id=self._job_id,
+                    index=self._index,
+                    attempt=self._submits,
+                    request_id=self.request_id,
+                    **fields,
+                )
+            )
+
+
+def _has_images(answer: ApiResponse) -> bool:
+    return bool(answer.output or answer.proxy_links)
+
+
+def _transient(error: APIError) -> bool:
+    return isinstance(error, RateLimitError | ServerBusyError | ServerError)
+
+
+def _with_meta(answer: ApiResponse, meta: Mapping[str, Any]) -> ApiResponse:
+    return evolve(answer, meta=meta)

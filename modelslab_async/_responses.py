@@ -1,0 +1,140 @@
+"""
+Turning an HTTP answer into a parsed response or the right typed error.
+
+Real answers are classified on both the HTTP status and the body, because ModelsLab sends
+error bodies under HTTP 200 as well as under 4xx/5xx, and gateways answer in HTML.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from ._converter import parse_response
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    RateLimitError,
+    ResponseFormatError,
+    ServerBusyError,
+    ServerError,
+)
+from ._models import ApiResponse
+from ._transport import RawResponse
+
+__all__ = ["classify", "classify_plain", "retry_after_seconds"]
+
+_KNOWN_STATUSES = frozenset({"success", "processing", "error", "failed"})
+_AUTH_WORDS = ("invalid api key", "invalid key", "key field is required", "unauthorized")
+_RATE_WORDS = ("rate limit", "too many requests")
+_SERVER_WORDS = ("internal server error", "temporarily unavailable", "server error")
+
+
+def retry_after_seconds(headers: Mapping[str, str], body_value: float | None) -> float | None:
+    """The longest wait the server asked for: ``Retry-After(-Ms)`` header or body field."""
+    waits = [body_value] if body_value is not None else []
+    if (ms := headers.get("retry-after-ms")) is not None:
+        with contextlib.suppress(ValueError):
+            waits.append(float(ms) / 1000)
+    if (value := headers.get("retry-after")) is not None:
+        try:
+            waits.append(float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value) if value.strip() else None
+            if when is not None:
+                waits.append(when.timestamp() - time.time())
+    waits = [max(wait, 0.0) for wait in waits]
+    return max(waits) if waits else None
+
+
+def _decode(raw: RawResponse) -> Any:
+    try:
+        return json.loads(raw.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _status_error(raw: RawResponse, message: str, server: str, body_wait: float | None) -> None:
+    """Raise the error an HTTP error status calls for, whatever the body said."""
+    status = raw.status
+    if status == 429:
+        raise RateLimitError(
+            message,
+            status_code=status,
+            retry_after=retry_after_seconds(raw.headers, body_wait),
+            server=server,
+        )
+    if status in (401, 403):
+        raise AuthenticationError(message, status_code=status, server=server)
+    if status >= 500:
+        raise ServerError(message, status_code=status, server=server)
+
+
+def _body_or_raise(raw: RawResponse, server: str) -> dict[str, Any]:
+    body = _decode(raw)
+    if not isinstance(body, dict) or not isinstance(body.get("status"), str):
+        snippet = raw.body[:200].decode("utf-8", "replace")
+        _status_error(raw, f"HTTP {raw.status}: {snippet[:80]!r}", server, None)
+        raise ResponseFormatError(
+            "the answer is not the API's JSON",
+            status_code=raw.status,
+            snippet=snippet,
+            server=server,
+        )
+    return body
+
+
+def _raise_if_error(raw: RawResponse, parsed: ApiResponse, server: str) -> None:
+    message = parsed.message or f"status {parsed.status!r}"
+    if raw.status >= 400:
+        _status_error(raw, message, server, parsed.retry_after)
+    if parsed.status != "error" and raw.status < 400:
+        return
+    lowered = message.lower()
+    if any(word in lowered for word in _RATE_WORDS):
+        raise RateLimitError(
+            message,
+            status_code=raw.status,
+            retry_after=retry_after_seconds(raw.headers, parsed.retry_after),
+            server=server,
+        )
+    if any(word in lowered for word in _AUTH_WORDS):
+        raise AuthenticationError(message, status_code=raw.status, server=server)
+    if any(word in lowered for word in _SERVER_WORDS):
+        raise ServerError(message, status_code=raw.status, server=server)
+    raise APIError(message, status_code=raw.status, server=server)
+
+
+def classify(
+    raw: RawResponse, *, server: str, phase: Literal["submit", "fetch", "other"]
+) -> ApiResponse:
+    """
+    Return the parsed answer when it is usable, else raise the matching typed error.
+
+    A ``success``, a ``processing`` with an id (or any ``processing`` while fetching) and a
+    ``failed`` come back parsed; the caller decides what a failed job means.
+    """
+    body = _body_or_raise(raw, server)
+    parsed = parse_response(body, status_code=raw.status)
+    _raise_if_error(raw, parsed, server)
+    if parsed.status not in _KNOWN_STATUSES:
+        raise ResponseFormatError(
+            f"unknown status {parsed.status!r}",
+            status_code=raw.status,
+            snippet=repr(body)[:200],
+            server=server,
+        )
+    if parsed.status == "processing" and parsed.id is None and phase == "submit":
+        raise ServerBusyError(parsed.message or "busy", status_code=raw.status, server=server)
+    return parsed
+
+
+def classify_plain(raw: RawResponse, *, server: str) -> dict[str, Any]:
+    """For endpoints with their own shapes (``system_details``): the body, or the error."""
+    body = _body_or_raise(raw, server)
+    _raise_if_error(raw, parse_response(body, status_code=raw.status), server)
+    return body
