@@ -10,8 +10,9 @@ consumer. Every job ends as exactly one :class:`JobOutcome`, success or typed er
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from attrs import define, field, frozen
@@ -171,31 +172,50 @@ class Dispatcher:
         window = asyncio.Semaphore(self.concurrency)
         finished: asyncio.Queue[JobOutcome | None] = asyncio.Queue()
         feed = _Feed()
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._feed(jobs, window, finished, group, feed, deadline))
-            buffered: dict[int, JobOutcome] = {}
-            next_index = 0
-            yielded = 0
-            input_done = False
-            while not (input_done and yielded == feed.admitted):
-                outcome = await finished.get()
-                if outcome is None:
-                    input_done = True
-                    continue
-                if not self.ordered:
-                    yielded += 1
-                    yield outcome
+        left = False
+        try:
+            async with (
+                asyncio.TaskGroup() as group,
+                contextlib.aclosing(self._drain(finished, feed)) as outcomes,
+            ):
+                group.create_task(self._feed(jobs, window, finished, group, feed, deadline))
+                async for outcome in outcomes:
+                    try:
+                        yield outcome
+                    except GeneratorExit:
+                        # The consumer stopped early: leave the group with an ordinary error
+                        # so that it cancels the jobs in flight (3.11 groups wrap anything else).
+                        raise _ConsumerLeft from None
                     window.release()
-                    continue
-                buffered[outcome.index] = outcome
-                while next_index in buffered:
-                    ready = buffered.pop(next_index)
-                    next_index += 1
-                    yielded += 1
-                    yield ready
-                    window.release()
+        except* _ConsumerLeft:
+            left = True
+        if left:
+            return
         if feed.error is not None:
             raise feed.error
+
+    async def _drain(
+        self, finished: asyncio.Queue[JobOutcome | None], feed: _Feed
+    ) -> AsyncGenerator[JobOutcome, None]:
+        """Outcomes as they complete, or in input order, until the input is exhausted."""
+        buffered: dict[int, JobOutcome] = {}
+        next_index = 0
+        yielded = 0
+        input_done = False
+        while not (input_done and yielded == feed.admitted):
+            outcome = await finished.get()
+            if outcome is None:
+                input_done = True
+                continue
+            if not self.ordered:
+                yielded += 1
+                yield outcome
+                continue
+            buffered[outcome.index] = outcome
+            while next_index in buffered:
+                yielded += 1
+                yield buffered.pop(next_index)
+                next_index += 1
 
     async def _feed(  # noqa: PLR0917 - private, called once
         self,
@@ -311,6 +331,10 @@ class Dispatcher:
                 possible_duplicate=result.possible_duplicate,
             )
         finished.put_nowait(outcome)
+
+
+class _ConsumerLeft(Exception):  # noqa: N818 - a signal, not an error users see
+    """The consumer closed the outcome stream early."""
 
 
 @define

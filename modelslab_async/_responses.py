@@ -44,9 +44,8 @@ def retry_after_seconds(headers: Mapping[str, str], body_value: float | None) ->
         try:
             waits.append(float(value))
         except ValueError:
-            when = email.utils.parsedate_to_datetime(value) if value.strip() else None
-            if when is not None:
-                waits.append(when.timestamp() - time.time())
+            with contextlib.suppress(ValueError, TypeError, IndexError):
+                waits.append(email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     waits = [max(wait, 0.0) for wait in waits]
     return max(waits) if waits else None
 

@@ -1,0 +1,62 @@
+"""Shared fixtures: requests, a handler-driven client, and a started fake enterprise API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from modelslab_async import Client, Img2ImgRequest, RetryPolicy, ServerPool, Timeouts
+from modelslab_async.testing._mock import MockTransport
+
+from ._helpers import FAST_HEALTH, FAST_POLL, KEYS, make_request
+
+
+@pytest.fixture
+def request_() -> Img2ImgRequest:
+    """A valid request."""
+    return make_request()
+
+
+MakeClient = Callable[..., Client]
+
+
+@pytest.fixture
+def make_mock_client() -> Callable[..., tuple[Client, MockTransport]]:
+    """Build a client over a MockTransport with fast retries and polling."""
+
+    def build(
+        handler: Any,
+        *,
+        servers: Any = None,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+        **kwargs: Any,
+    ) -> tuple[Client, MockTransport]:
+        transport = MockTransport(handler)
+        pool = (
+            servers
+            if isinstance(servers, ServerPool)
+            else ServerPool(servers or KEYS[:1], health=FAST_HEALTH)
+        )
+        client = Client(
+            pool,
+            transport=transport,
+            retry=retry or RetryPolicy.no_wait(),
+            poll=FAST_POLL,
+            timeouts=timeouts or Timeouts(job=5.0),
+            **kwargs,
+        )
+        return client, transport
+
+    return build
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[Any]:
+    """A started FakeModelsLab with three servers (fast service, short processing threshold)."""
+    from modelslab_async.testing import FakeModelsLab
+
+    async with FakeModelsLab(servers=3, processing_threshold=0.2, seed=1) as server:
+        yield server
