@@ -44,17 +44,18 @@ from ._secrets import fingerprint
 from ._transport import AiohttpTransport, RawResponse, Transport
 
 __all__ = [
-    "DEFAULT_BASE_URL",
-    "APIError",
     "AiohttpTransport",
+    "APIError",
     "Attempt",
     "AuthenticationError",
     "BatchProgress",
     "Client",
     "ConnectError",
+    "DEFAULT_BASE_URL",
     "Dispatcher",
     "Endpoints",
     "EventKind",
+    "fingerprint",
     "HealthPolicy",
     "ImageResult",
     "Img2ImgRequest",
@@ -72,6 +73,8 @@ __all__ = [
     "RateLimitError",
     "RawResponse",
     "ReadError",
+    "request_from_wire",
+    "request_to_wire",
     "ResponseFormatError",
     "RetryPolicy",
     "Routing",
@@ -86,9 +89,6 @@ __all__ = [
     "Timeouts",
     "Transport",
     "TransportError",
-    "fingerprint",
-    "request_from_wire",
-    "request_to_wire",
 ]
 
 

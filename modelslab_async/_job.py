@@ -8,6 +8,7 @@ recorded, so that the result or the final error can tell what happened.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -31,9 +32,12 @@ from ._models import ApiResponse, Attempt, ImageResult
 from ._pool import Route, ServerPool
 from ._responses import classify
 from ._retry import RetryPolicy, may_have_started
+from ._secrets import redact_body
 from ._transport import Transport
 
 __all__ = ["JobRunner", "Wire"]
+
+logger = logging.getLogger("modelslab_async")
 
 Phase = Literal["submit", "fetch", "other"]
 
@@ -58,6 +62,8 @@ class Wire:
     ) -> ApiResponse:
         """POST ``fields`` plus the route's key to ``path``; return the classified answer."""
         body = {**fields, "key": route.key}
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("POST %s to %s: %s", path, route.name, redact_body(body))
         route.in_flight += 1
         try:
             raw = await self.transport.post_json(
@@ -184,7 +190,7 @@ class JobRunner:
         self._emit(EventKind.SUBMITTED, server=route.name)
         started = time.monotonic()
         try:
-            fields = {**body, **route.extra_body}
+            fields = {**route.extra_body, **body}  # a field the caller set wins
             route.health.submits += 1
             try:
                 answer = await self._wire.call(
@@ -199,6 +205,7 @@ class JobRunner:
                         "success without images or id", status_code=200, server=route.name
                     )
             except ModelsLabError as error:
+                logger.debug("submit to %s failed: %r", route.name, error)
                 self._record(route, "submit", error)
                 self._pool.record_error(route, error)
                 self._maybe_started = self._maybe_started or may_have_started(error)

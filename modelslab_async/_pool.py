@@ -10,6 +10,7 @@ working on queued jobs is counted as busy, not only while an HTTP call is open.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Literal, get_args
@@ -19,6 +20,8 @@ from attrs import field, frozen, validators
 from ._errors import InvalidRequestError, NoServerAvailableError
 from ._health import BreakerState, HealthPolicy, RouteHealth
 from ._secrets import fingerprint
+
+logger = logging.getLogger("modelslab_async")
 
 __all__ = ["Lease", "Route", "Routing", "Server", "ServerPool", "ServerSnapshot"]
 
@@ -373,12 +376,22 @@ class ServerPool:
 
     def record_error(self, route: Route, error: Any) -> None:
         """Account a failed call against a route's health."""
+        was = route.health.breaker.state
         route.health.record_error(self._clock(), error)
+        now = route.health.breaker.state
+        if now is BreakerState.OPEN and was is not BreakerState.OPEN:
+            logger.warning(
+                "server %s taken out of rotation for %gs after %s",
+                route.name,
+                self.health_policy.reset_timeout,
+                route.health.last_error,
+            )
         self._wake()
 
     def record_answer(self, route: Route) -> None:
         """A call to the route got a usable answer: its breaker closes."""
         if route.health.breaker.state is not BreakerState.CLOSED:
+            logger.info("server %s is back in rotation", route.name)
             route.health.breaker.record_success()
             self._wake()
 

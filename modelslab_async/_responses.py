@@ -35,19 +35,25 @@ _SERVER_WORDS = ("internal server error", "temporarily unavailable", "server err
 
 
 def retry_after_seconds(headers: Mapping[str, str], body_value: float | None) -> float | None:
-    """The longest wait the server asked for: ``Retry-After(-Ms)`` header or body field."""
-    waits = [body_value] if body_value is not None else []
+    """
+    The wait the server asked for, from its most precise source.
+
+    ``Retry-After-Ms`` first, then the body's ``retry_after`` (ModelsLab's own field, which
+    may be fractional), then ``Retry-After`` in seconds or as an HTTP date (whole seconds by
+    the standard, so often a rounded-up copy of the body's value).
+    """
     if (ms := headers.get("retry-after-ms")) is not None:
         with contextlib.suppress(ValueError):
-            waits.append(float(ms) / 1000)
+            return max(float(ms) / 1000, 0.0)
+    if body_value is not None:
+        return max(body_value, 0.0)
     if (value := headers.get("retry-after")) is not None:
-        try:
-            waits.append(float(value))
-        except ValueError:
-            with contextlib.suppress(ValueError, TypeError, IndexError):
-                waits.append(email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    waits = [max(wait, 0.0) for wait in waits]
-    return max(waits) if waits else None
+        with contextlib.suppress(ValueError):
+            return max(float(value), 0.0)
+        with contextlib.suppress(ValueError, TypeError, IndexError):
+            when = email.utils.parsedate_to_datetime(value).timestamp()
+            return max(when - time.time(), 0.0)
+    return None
 
 
 def _decode(raw: RawResponse) -> Any:

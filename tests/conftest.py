@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from modelslab_async import Client, Img2ImgRequest, RetryPolicy, ServerPool, Timeouts
-from modelslab_async.testing._mock import MockTransport
+from modelslab_async.testing import MockTransport
 
 from ._helpers import FAST_HEALTH, FAST_POLL, KEYS, make_request
 

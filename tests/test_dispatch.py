@@ -20,7 +20,7 @@ from modelslab_async import (
     JobTimeoutError,
     ServerPool,
 )
-from modelslab_async.testing._mock import MockRequest, MockTransport, json_response
+from modelslab_async.testing import MockRequest, MockTransport, json_response
 
 from ._helpers import FAST_HEALTH, KEYS, make_request
 

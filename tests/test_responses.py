@@ -140,7 +140,8 @@ def test_system_details_shape_is_returned_plain() -> None:
     [
         ({}, None, None),
         ({"retry-after": "3"}, None, 3.0),
-        ({"retry-after": "0.5"}, 2.0, 2.0),
+        ({"retry-after": "1"}, 0.25, 0.25),
+        ({"retry-after-ms": "100", "retry-after": "1"}, 0.25, 0.1),
         ({"retry-after-ms": "250"}, None, 0.25),
         ({"retry-after": "-4"}, None, 0.0),
         ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None, 0.0),
@@ -150,5 +151,5 @@ def test_system_details_shape_is_returned_plain() -> None:
 def test_retry_after_reads_header_forms_and_body(
     headers: dict[str, str], body: float | None, expected: float | None
 ) -> None:
-    """Retry-After in seconds, milliseconds, as an HTTP date, or in the body; longest wins."""
+    """Retry-After-Ms, then the body's retry_after, then Retry-After (seconds or HTTP date)."""
     assert expected == retry_after_seconds(headers, body)
