@@ -28,7 +28,7 @@ from modelslab_async import (
     ServerPool,
     fingerprint,
 )
-from modelslab_async.testing._mock import MockRequest, MockTransport, json_response
+from modelslab_async.testing import MockRequest, MockTransport, json_response
 
 from ._helpers import FAST_HEALTH, KEYS, make_request
 
@@ -426,3 +426,41 @@ async def test_busy_answers_cool_the_server_briefly(make_mock_client: Build) -> 
         with pytest.raises(ServerBusyError):
             await client.img2img(make_request())
         assert "cooling" == client.pool.snapshot()[0].state
+
+
+async def test_background_probes_bring_a_broken_server_back_and_stop_on_close(
+    make_mock_client: Build,
+) -> None:
+    """With probe_interval, system_details probes close an open breaker; closing stops them."""
+    pool = ServerPool(
+        KEYS[:2], routing="least-busy", health=HealthPolicy(probe_interval=0.01, reset_timeout=60)
+    )
+    client, transport = make_mock_client(
+        lambda request: json_response({"model_count": 1, "queue_time": 0, "status": "ok"}),
+        servers=pool,
+    )
+    pool.record_error(pool.routes[0], AuthenticationError("Invalid API key", status_code=401))
+    assert "open" == pool.snapshot()[0].state
+    before = asyncio.all_tasks()
+    async with client:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if "closed" == pool.snapshot()[0].state:
+                break
+        assert "closed" == pool.snapshot()[0].state
+    assert before == asyncio.all_tasks()
+    assert all(r.url.endswith("/system_details") for r in transport.requests)
+
+
+async def test_failing_probes_keep_a_server_out(make_mock_client: Build) -> None:
+    """A probe that fails counts against the server's health."""
+    pool = ServerPool(KEYS[:1], health=HealthPolicy(probe_interval=0.01, failure_threshold=2))
+    client, _ = make_mock_client(
+        lambda request: json_response({"status": "error"}, status=502), servers=pool
+    )
+    async with client:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if "open" == pool.snapshot()[0].state:
+                break
+    assert "open" == pool.snapshot()[0].state
