@@ -159,18 +159,13 @@ class JobRunner:
     # --- submit -------------------------------------------------------------------------------
 
     async def _submit_with_retries(self, body: Mapping[str, Any]) -> ImageResult:
-        retrying = self._retry.retrying(
+        return await self._retry.run(
+            lambda: self._attempt(body),
             can_reroute=lambda: self._pool.can_reroute(self._last_route),
             accepted=lambda: self.request_id is not None,
             sleep=self._sleep,
             before_sleep=self._before_sleep,
         )
-        result: ImageResult | None = None
-        async for attempt in retrying:
-            with attempt:
-                result = await self._attempt(body)
-        assert result is not None  # noqa: S101 - tenacity re-raises on the last failure
-        return result
 
     def _before_sleep(self, state: RetryCallState) -> None:
         wait = state.next_action.sleep if state.next_action else 0.0

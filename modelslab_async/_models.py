@@ -403,7 +403,7 @@ class ApiResponse:
     future_links: tuple[str, ...] = ()
     eta: float | None = None
     generation_time: float | None = None
-    meta: Mapping[str, Any] = field(factory=dict, converter=_extra)
+    meta: Mapping[str, Any] = field(factory=dict)  # a fresh dict parsed from JSON, ours alone
     nsfw_content_detected: bool | None = None
     retry_after: float | None = None
     fetch_result: str | None = None

@@ -12,8 +12,9 @@ duplicate. Validation, authentication and job failures are never retried in plac
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from attrs import field, frozen, validators
 from tenacity import (
@@ -36,6 +37,8 @@ from ._errors import (
 )
 
 __all__ = ["RetryPolicy", "may_have_started"]
+
+T = TypeVar("T")
 
 # Gateways answer these while the server behind them may still be working on the request.
 _AMBIGUOUS_STATUSES = frozenset({502, 504})
@@ -109,6 +112,47 @@ class RetryPolicy:
             return min(max(error.retry_after, 0.0), self.retry_after_max)
         return None
 
+    async def run(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        can_reroute: Callable[[], bool],
+        accepted: Callable[[], bool] = lambda: False,
+        sleep: Callable[[float], Any] | None = None,
+        before_sleep: Callable[[RetryCallState], Any] | None = None,
+    ) -> T:
+        """
+        Run ``attempt`` under this policy and return its result.
+
+        The first try is made directly, so the common case (it works) costs nothing more;
+        when it fails, tenacity takes over from that failure as attempt 1, with the same
+        decisions, waits and hooks as :meth:`retrying` and the time budget still counted from
+        the first try.
+        """
+        started = time.monotonic()
+        try:
+            return await attempt()
+        except ModelsLabError as error:
+            first: ModelsLabError | None = error
+        spent = time.monotonic() - started
+        retrying = self.retrying(
+            can_reroute=can_reroute,
+            accepted=accepted,
+            sleep=sleep,
+            before_sleep=before_sleep,
+            budget=max(self.timeout - spent, 0.0),
+        )
+
+        async def again() -> T:
+            nonlocal first
+            if first is not None:
+                error, first = first, None
+                raise error  # replayed to tenacity as attempt 1
+            return await attempt()
+
+        result: T = await retrying(again)
+        return result
+
     def retrying(
         self,
         *,
@@ -116,6 +160,7 @@ class RetryPolicy:
         accepted: Callable[[], bool] = lambda: False,
         sleep: Callable[[float], Any] | None = None,
         before_sleep: Callable[[RetryCallState], Any] | None = None,
+        budget: float | None = None,
     ) -> AsyncRetrying:
         """
         Build the tenacity controller for one job.
@@ -126,6 +171,8 @@ class RetryPolicy:
             accepted: Tells whether the server has accepted the job; from then on nothing is
                 submitted again (the job is collected by polling instead).
             sleep: Replaces ``asyncio.sleep`` (tests use a controlled clock).
+            before_sleep: Called before each wait (progress events, logging).
+            budget: Seconds left in the time budget (default: ``timeout``).
         """
 
         def should_retry(error: BaseException) -> bool:
@@ -148,7 +195,8 @@ class RetryPolicy:
         if before_sleep is not None:
             kwargs["before_sleep"] = before_sleep
         return AsyncRetrying(
-            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.timeout),
+            stop=stop_after_attempt(self.attempts)
+            | stop_after_delay(self.timeout if budget is None else budget),
             wait=wait,
             retry=retry_if_exception(should_retry),
             reraise=True,
