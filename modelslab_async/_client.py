@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -229,7 +229,7 @@ class Client:
         ordered: bool = False,
         job_timeout: float | Default | None = DEFAULT,
         on_event: JobEventHandler | None = None,
-    ) -> AsyncIterator[JobOutcome]:
+    ) -> AsyncGenerator[JobOutcome, None]:
         """
         Run many jobs, yielding one :class:`JobOutcome` each: short for
         ``Dispatcher(client, ...).run(jobs)``. Wrap in ``contextlib.aclosing`` when you may

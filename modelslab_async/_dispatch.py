@@ -158,7 +158,7 @@ class Dispatcher:
     async def run(
         self,
         jobs: Iterable[Img2ImgRequest | Job] | AsyncIterable[Img2ImgRequest | Job],
-    ) -> AsyncIterator[JobOutcome]:
+    ) -> AsyncGenerator[JobOutcome, None]:
         """
         Run every job and yield its outcome, as jobs complete (or in input order).
 
