@@ -464,3 +464,25 @@ async def test_failing_probes_keep_a_server_out(make_mock_client: Build) -> None
             if "open" == pool.snapshot()[0].state:
                 break
     assert "open" == pool.snapshot()[0].state
+
+
+async def test_an_invalid_first_key_fails_over_to_the_other_keys(make_mock_client: Build) -> None:
+    """In first-server mode, a refused first key moves the job to another server's own key."""
+    refused = fingerprint(KEYS[0])
+
+    def handler(request: MockRequest) -> Any:
+        if request.key_fingerprint == refused:
+            return json_response({"status": "error", "message": "Invalid API key"}, status=401)
+        return json_response(SUCCESS)
+
+    pool = ServerPool(KEYS[:2], health=HealthPolicy(reset_timeout=60))
+    client, transport = make_mock_client(handler, servers=pool)
+    async with client:
+        result = await client.img2img(make_request())
+        again = await client.img2img(make_request())
+    assert ("server-2", 2) == (result.server, result.attempts)
+    assert ("server-2", 1) == (again.server, again.attempts)
+    assert "open" == pool.snapshot()[0].state
+    assert [refused, fingerprint(KEYS[1]), fingerprint(KEYS[1])] == [
+        r.key_fingerprint for r in transport.requests
+    ]
