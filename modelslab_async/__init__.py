@@ -38,9 +38,10 @@ from ._models import (
     Scheduler,
     SystemDetails,
 )
-from ._pool import Routing, Server, ServerPool, ServerSnapshot
+from ._pool import Routing, ServerPool
 from ._retry import RetryPolicy
 from ._secrets import fingerprint
+from ._server import Server, ServerSnapshot
 from ._transport import AiohttpTransport, RawResponse, Transport
 
 __all__ = [

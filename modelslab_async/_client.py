@@ -17,9 +17,10 @@ from ._errors import InvalidRequestError, JobFailedError, ModelsLabError
 from ._events import JobEventHandler
 from ._job import JobRunner, Wire
 from ._models import ImageResult, Img2ImgRequest, JobStatus, SystemDetails
-from ._pool import Server, ServerPool
+from ._pool import ServerPool
 from ._responses import classify_plain
 from ._retry import RetryPolicy
+from ._server import Server
 from ._transport import AiohttpTransport, RawResponse, Transport
 
 if TYPE_CHECKING:

@@ -29,10 +29,11 @@ from ._errors import (
 )
 from ._events import EventKind, JobEvent, JobEventHandler
 from ._models import ApiResponse, Attempt, ImageResult
-from ._pool import Route, ServerPool
+from ._pool import ServerPool
 from ._responses import classify
 from ._retry import RetryPolicy, may_have_started
 from ._secrets import redact_body
+from ._server import Route
 from ._transport import Transport
 
 __all__ = ["JobRunner", "Wire"]

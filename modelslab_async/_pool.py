@@ -15,132 +15,15 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Literal, get_args
 
-from attrs import field, frozen, validators
-
 from ._errors import InvalidRequestError, NoServerAvailableError
-from ._health import BreakerState, HealthPolicy, RouteHealth
-from ._secrets import fingerprint
+from ._health import BreakerState, HealthPolicy
+from ._server import Lease, Route, Server, ServerSnapshot
 
 logger = logging.getLogger("modelslab_async")
 
-__all__ = ["Lease", "Route", "Routing", "Server", "ServerPool", "ServerSnapshot"]
+__all__ = ["Routing", "ServerPool"]
 
 Routing = Literal["first-server", "least-busy", "round-robin"]
-
-
-def _check_key(_: object, attribute: Any, value: Any) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRequestError(attribute.name, "must be a non-empty string")
-
-
-@frozen(kw_only=True)
-class Server:
-    """
-    One enterprise GPU server: its key, a name to refer to it by, and how many jobs it runs
-    at once. The key never appears in a repr; the default name is a fingerprint of it.
-    """
-
-    key: str = field(repr=False, validator=_check_key)
-    name: str = field()
-    max_concurrency: int = field(default=2, validator=validators.ge(1))
-
-    @name.default
-    def _name_from_key(self) -> str:
-        return fingerprint(self.key)
-
-
-class Route:
-    """One way to send a job: a key, its capacity and its health. Internal."""
-
-    __slots__ = (
-        "active",
-        "capacity",
-        "extra_body",
-        "fingerprint",
-        "health",
-        "in_flight",
-        "key",
-        "kind",
-        "name",
-        "processing",
-    )
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        key: str,
-        capacity: int,
-        kind: Literal["balancer", "server"],
-        extra_body: dict[str, str],
-        health: HealthPolicy,
-    ) -> None:
-        self.name = name
-        self.key = key
-        self.fingerprint = fingerprint(key)
-        self.capacity = capacity
-        self.kind = kind
-        self.extra_body = extra_body
-        self.health = RouteHealth(health)
-        self.active = 0  # jobs holding a slot: submitting, queued on the server, or fetching
-        self.in_flight = 0  # HTTP calls open right now
-        self.processing = 0  # jobs the server answered "processing" for and not yet collected
-
-    def __repr__(self) -> str:
-        return (
-            f"<Route {self.name} ({self.fingerprint}) {self.health.breaker.state} "
-            f"active={self.active}/{self.capacity} processing={self.processing}>"
-        )
-
-
-@frozen(kw_only=True)
-class ServerSnapshot:
-    """
-    One route's state at one moment, for dashboards and logs (never the key).
-
-    Attributes:
-        name: The route's name (a server's name; ``"<first> (balancer)"`` for the
-            first-server path).
-        kind: ``"balancer"`` or ``"server"``.
-        fingerprint: Short fingerprint of the route's key.
-        state: ``"closed"``, ``"open"``, ``"half-open"`` or ``"cooling"``.
-        capacity: Jobs it may hold at once.
-        active: Jobs holding a slot (submitting, processing or fetching).
-        in_flight: HTTP calls open now.
-        processing: Jobs queued on the server, awaiting collection.
-        cooldown_left: Seconds until a cooldown ends (0 when none).
-        last_error: The last error's type and message.
-        submits: Submit calls made. fetches: Fetch calls made.
-        successes: Jobs finished. failures: Calls that failed.
-        service_time: Moving average of job durations, seconds.
-        latency_p50: Median job duration. latency_p95: 95th percentile.
-    """
-
-    name: str
-    kind: str
-    fingerprint: str
-    state: str
-    capacity: int
-    active: int
-    in_flight: int
-    processing: int
-    cooldown_left: float
-    last_error: str | None
-    submits: int
-    fetches: int
-    successes: int
-    failures: int
-    service_time: float | None
-    latency_p50: float | None
-    latency_p95: float | None
-
-
-@frozen
-class Lease:
-    """A slot on one route, held by one job until it is released."""
-
-    route: Route
-    probe: bool = False
 
 
 class ServerPool:
