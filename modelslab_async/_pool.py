@@ -120,6 +120,7 @@ class ServerPool:
         """The route with this name (a server's name), or the default route for None."""
         if name is None:
             return self._routes[0]
+        name = name.removesuffix(" (balancer)")  # same key, whatever the routing mode
         for candidate in self._routes:
             if name in (candidate.name, candidate.fingerprint):
                 return candidate

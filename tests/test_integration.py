@@ -17,6 +17,7 @@ from modelslab_async import (
     Endpoints,
     HealthPolicy,
     Job,
+    JobFailedError,
     JobOutcome,
     RetryPolicy,
     Server,
@@ -300,3 +301,17 @@ async def test_system_details_reports_each_server() -> None:
         async with client_for(fake, routing="least-busy") as client:
             details = [await client.system_details(name) for name in ("a", "b")]
     assert [("a", "ok"), ("b", "ok")] == [(d.server, d.status) for d in details]
+
+
+@pytest.mark.parametrize("service", [0.02, 0.4], ids=["held", "queued"])
+async def test_a_job_that_fails_on_the_server_is_a_job_failed_error(service: float) -> None:
+    """A job accepted and then failed ends with JobFailedError, its id and message; no resubmit."""
+    async with started(spec("a", service=service)) as fake:
+        fake.add_fault(Fault.fail("CUDA out of memory"))
+        async with client_for(fake) as client:
+            with pytest.raises(JobFailedError) as caught:
+                await client.img2img(make_request())
+        submits = [r for r in fake.received if r.endpoint == "submit"]
+    assert "CUDA out of memory" == caught.value.api_message
+    assert submits[0].request_id == caught.value.request_id
+    assert 1 == len(submits)

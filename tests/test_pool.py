@@ -241,3 +241,12 @@ def test_default_server_name_is_a_fingerprint() -> None:
     server = Server(key=KEYS[0])
     assert server.name.startswith("key-")
     assert KEYS[0] not in repr(server)
+
+
+def test_a_route_name_means_the_same_key_in_every_routing_mode() -> None:
+    """A job accepted on "gpu-1 (balancer)" is collected as "gpu-1" in another mode, and back."""
+    first_server = ServerPool(servers(1, 1))
+    least_busy = ServerPool(servers(1, 1), routing="least-busy")
+    assert first_server.routes[0] is first_server.route("gpu-1")
+    assert least_busy.routes[0] is least_busy.route("gpu-1 (balancer)")
+    assert first_server.route("gpu-1").key == least_busy.route("gpu-1 (balancer)").key

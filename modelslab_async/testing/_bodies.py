@@ -15,6 +15,7 @@ from ._jobs import Job
 from ._validation import as_integer, as_number
 
 __all__ = [
+    "failed_body",
     "PROCESSING_MESSEGE",
     "UNAVAILABLE",
     "error",
@@ -197,8 +198,15 @@ def processing_body(
     }
 
 
+def failed_body(job: Job) -> dict[str, Any]:
+    """Return the answer for a job that ended failed (the webhook docs' ``failed`` form)."""
+    return {"status": "failed", "id": job.id, "message": job.failure, "output": []}
+
+
 def fetch_body(job: Job, urls: list[str], now: float) -> dict[str, Any]:
     """Return the fetch answer for ``job`` at loop time ``now``."""
+    if job.failure is not None and job.is_done(now):
+        return failed_body(job)
     if job.is_done(now):
         return {"status": "success", "id": job.id, "output": urls, "proxy_links": list(urls)}
     return {

@@ -16,6 +16,7 @@ from modelslab_async._secrets import fingerprint
 from ._bodies import (
     UNAVAILABLE,
     error,
+    failed_body,
     fault_response,
     fetch_body,
     gateway_page,
@@ -180,6 +181,8 @@ class Engine:
             if accept_first and fault.after_accept:
                 return None
             raise _DropConnectionError
+        if fault.kind == "fail":
+            return None  # the job is created and fails when it finishes
         return fault_response(fault)
 
     def _urls(self, job: Job) -> list[str]:
@@ -215,6 +218,8 @@ class Engine:
             target, key, balanced=balanced, now=now, samples=samples, rng=self.rng
         )
         draft.request_id = str(job.id)
+        if fault is not None and fault.kind == "fail":
+            job.failure = fault.message
         if fault is not None and fault.kind == "drop":
             raise _DropConnectionError
         seed = as_integer(body.get("seed"))
@@ -228,6 +233,8 @@ class Engine:
         if wait > 0:
             # The GPU keeps working if the client leaves: the job is already scheduled.
             await asyncio.sleep(wait)
+        if job.failure is not None:
+            return json_response(failed_body(job))
         return json_response(success_body(job, urls, meta))
 
     async def _fetch(self, request: web.Request, draft: RecordDraft) -> web.StreamResponse:
@@ -289,7 +296,7 @@ class Engine:
         answer = await self._apply_fault(fault)
         if answer is not None:
             return answer
-        if job is None or not job.is_done(self.clock()):
+        if job is None or job.failure is not None or not job.is_done(self.clock()):
             return web.Response(status=404, text="404: Not Found")
         return web.Response(body=png_bytes(colour_for(job.id, index)), content_type="image/png")
 

@@ -9,7 +9,9 @@ import attrs
 
 __all__ = ["Fault", "FaultBook", "FaultEndpoint", "FaultKind"]
 
-FaultKind = Literal["rate_limit", "server_error", "drop", "slow", "malformed", "error_200", "busy"]
+FaultKind = Literal[
+    "rate_limit", "server_error", "drop", "slow", "malformed", "error_200", "busy", "fail"
+]
 FaultEndpoint = Literal["submit", "fetch", "image", "any"]
 
 _KINDS = frozenset(get_args(FaultKind))
@@ -49,8 +51,9 @@ class Fault:
             (``status``; 502/504 as a gateway HTML page), ``drop`` (the connection is closed
             without an answer), ``slow`` (``delay`` seconds, then a normal answer),
             ``malformed`` (truncated JSON), ``error_200`` (HTTP 200 with ``status: error`` and
-            the legacy ``messege`` key) or ``busy`` (the documented "processing" reply without
-            an id; no job is created).
+            the legacy ``messege`` key), ``busy`` (the documented "processing" reply without
+            an id; no job is created) or ``fail`` (the job is accepted, runs, and ends
+            ``failed`` with ``message``, as a GPU fault or a rejected image would end it).
         route: A server name, ``"balancer"`` (requests with the first key spread by the load
             balancer), or None for any request.
         endpoint: ``"submit"``, ``"fetch"``, ``"image"`` (``GET /generations/...``) or ``"any"``.
@@ -60,7 +63,7 @@ class Fault:
         retry_after: Seconds announced by ``rate_limit``.
         status: HTTP status of ``server_error``.
         delay: Seconds ``slow`` waits before answering.
-        message: The message of ``error_200``.
+        message: The message of ``error_200`` and ``fail``.
         after_accept: For ``drop`` on submit: False drops the connection before any job is
             created; True creates the job (it runs and can be fetched) and then loses the answer.
     """
@@ -278,6 +281,31 @@ class Fault:
             The fault.
         """
         return cls("busy", route=route, endpoint=endpoint, count=count, probability=probability)
+
+    @classmethod
+    def fail(
+        cls,
+        message: str = "Job failed on the GPU server.",
+        *,
+        route: str | None = None,
+        count: int | None = 1,
+        probability: float = 1.0,
+    ) -> Fault:
+        """Accept the job, run it, and end it ``failed`` with ``message``.
+
+        A job held open is answered ``{"status": "failed", "id", "message"}``; a queued one is
+        fetched as ``processing`` until its finish time, then as ``failed``.
+
+        Args:
+            message: The failure message.
+            route: See `Fault.route`.
+            count: See `Fault.count`.
+            probability: See `Fault.probability`.
+
+        Returns:
+            The fault.
+        """
+        return cls("fail", route=route, count=count, probability=probability, message=message)
 
 
 @attrs.define(slots=True)

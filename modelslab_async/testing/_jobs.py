@@ -104,6 +104,7 @@ class Job:
     finish: float
     file_prefix: str
     samples: int
+    failure: str | None = None
 
     def is_done(self, now: float) -> bool:
         """Return whether the job has finished at loop time ``now``."""

@@ -1,0 +1,201 @@
+"""
+Where the command line gets its servers, keys and base URL from: a TOML config file, or the
+environment. Keys never come from an argument (they would land in shell history) and are
+never echoed, not even in error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast, get_args
+from urllib.parse import urlsplit
+
+from attrs import frozen
+
+from .. import (
+    DEFAULT_BASE_URL,
+    Client,
+    HealthPolicy,
+    InvalidRequestError,
+    PollPolicy,
+    RetryPolicy,
+    Routing,
+    Server,
+    ServerPool,
+    Timeouts,
+)
+
+__all__ = ["BASE_URL_ENV", "KEYS_ENV", "Settings", "load_settings"]
+
+KEYS_ENV = "MODELSLAB_API_KEYS"
+BASE_URL_ENV = "MODELSLAB_BASE_URL"
+
+_SERVER_FIELDS = frozenset({"name", "key", "key_env", "max_concurrency"})
+_TOP_FIELDS = frozenset({"servers", "base_url", "routing"})
+_NO_KEYS = (
+    f"no API keys: set {KEYS_ENV} (comma-separated, the first server first) "
+    "or pass --config FILE with [[servers]] entries (key or key_env)"
+)
+
+
+@frozen(kw_only=True)
+class Settings:
+    """
+    How to reach the API: the servers (with their keys), the base URL and the routing mode,
+    plus optional policies (the demo tunes them; the defaults suit real servers).
+    """
+
+    servers: tuple[Server, ...]
+    base_url: str
+    routing: Routing
+    retry: RetryPolicy | None = None
+    health: HealthPolicy | None = None
+    poll: PollPolicy | None = None
+    timeouts: Timeouts | None = None
+
+    def client(self) -> Client:
+        """A new, unopened client for these settings."""
+        pool = ServerPool(self.servers, routing=self.routing, health=self.health)
+        return Client(
+            pool,
+            base_url=self.base_url,
+            retry=self.retry,
+            poll=self.poll,
+            timeouts=self.timeouts,
+        )
+
+
+def load_settings(
+    *,
+    config: Path | None,
+    base_url: str | None,
+    routing: str | None,
+    environ: Mapping[str, str] | None = None,
+    job_timeout: float | None = None,
+) -> Settings:
+    """
+    Resolve the settings: ``--config`` if given, else ``MODELSLAB_API_KEYS``; command-line
+    options override the file, which overrides ``MODELSLAB_BASE_URL``.
+
+    Raises:
+        InvalidRequestError: No keys, or a config file that cannot be read or is invalid.
+    """
+    env = os.environ if environ is None else environ
+    table: dict[str, Any] = {}
+    if config is not None:
+        table = _read_config(config)
+        servers = _servers_from_config(table, env)
+    else:
+        servers = _servers_from_env(env)
+    chosen_routing = routing or table.get("routing") or "first-server"
+    if chosen_routing not in get_args(Routing):
+        raise InvalidRequestError(
+            "routing",
+            f"{chosen_routing!r} is not a routing mode",
+            allowed=", ".join(get_args(Routing)),
+        )
+    url = base_url or table.get("base_url") or env.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+        raise InvalidRequestError("base_url", f"{url!r} is not an http(s) URL")
+    names = [server.name for server in servers]
+    if len(set(names)) != len(names):
+        raise InvalidRequestError("servers", "server names must be unique")
+    if len({server.key for server in servers}) != len(servers):
+        raise InvalidRequestError("servers", "the same key is listed twice")
+    return Settings(
+        servers=tuple(servers),
+        base_url=url,
+        routing=cast(Routing, chosen_routing),
+        timeouts=None if job_timeout is None else Timeouts(job=job_timeout),
+    )
+
+
+def _servers_from_env(env: Mapping[str, str]) -> list[Server]:
+    keys = [key.strip() for key in env.get(KEYS_ENV, "").split(",") if key.strip()]
+    if not keys:
+        raise InvalidRequestError(KEYS_ENV, _NO_KEYS)
+    return [Server(key=key, name=f"server-{n}") for n, key in enumerate(keys, start=1)]
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InvalidRequestError("--config", f"cannot read {path}: {error.strerror}") from None
+    try:
+        table = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        # tomllib's messages give a position, never the text around it.
+        raise InvalidRequestError("--config", f"{path} is not valid TOML: {error}") from None
+    unknown = sorted(set(table) - _TOP_FIELDS)
+    if unknown:
+        raise InvalidRequestError(
+            "--config",
+            f"unknown setting(s) {', '.join(unknown)}",
+            allowed=", ".join(sorted(_TOP_FIELDS)),
+        )
+    _warn_if_readable(path, table)
+    return table
+
+
+def _warn_if_readable(path: Path, table: dict[str, Any]) -> None:
+    servers = table.get("servers")
+    holds_keys = isinstance(servers, list) and any(
+        isinstance(s, dict) and "key" in s for s in servers
+    )
+    if holds_keys and os.name == "posix" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        print(
+            f"modelslab-async: warning: {path} holds API keys and is readable by other users "
+            f"(chmod 600 {path}, or use key_env)",
+            file=sys.stderr,
+        )
+
+
+def _servers_from_config(table: dict[str, Any], env: Mapping[str, str]) -> list[Server]:
+    entries = table.get("servers")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidRequestError("servers", _NO_KEYS)
+    servers = []
+    for n, entry in enumerate(entries, start=1):
+        where = f"servers[{n}]"
+        if not isinstance(entry, dict):
+            raise InvalidRequestError(where, "must be a table ([[servers]])")
+        unknown = sorted(set(entry) - _SERVER_FIELDS)
+        if unknown:
+            raise InvalidRequestError(
+                where,
+                f"unknown field(s) {', '.join(unknown)}",
+                allowed=", ".join(sorted(_SERVER_FIELDS)),
+            )
+        name = entry.get("name", f"server-{n}")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidRequestError(f"{where}.name", "must be a non-empty string")
+        capacity = entry.get("max_concurrency", 2)
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise InvalidRequestError(f"{where}.max_concurrency", "must be an integer >= 1")
+        servers.append(Server(key=_key_of(entry, where, env), name=name, max_concurrency=capacity))
+    return servers
+
+
+def _key_of(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> str:
+    if ("key" in entry) == ("key_env" in entry):
+        raise InvalidRequestError(where, "give exactly one of key and key_env")
+    if "key" in entry:
+        key = entry["key"]
+        if not isinstance(key, str) or not key.strip():
+            raise InvalidRequestError(f"{where}.key", "must be a non-empty string")
+        return key.strip()
+    variable = entry["key_env"]
+    if not isinstance(variable, str) or not variable:
+        raise InvalidRequestError(f"{where}.key_env", "must name an environment variable")
+    key = env.get(variable, "").strip()
+    if not key:
+        raise InvalidRequestError(
+            f"{where}.key_env", f"the environment variable {variable} is not set"
+        )
+    return key
