@@ -25,35 +25,38 @@ async def run_interruptibly(work: Coroutine[Any, Any, T]) -> tuple[T | None, boo
         ``(result, False)`` when the work ended, ``(None, True)`` when a signal cancelled it.
     """
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(work)
     interrupted = False
-
-    def stop() -> None:
-        nonlocal interrupted
-        if interrupted:
-            # Everything written so far is flushed: the next run resumes from the journal.
-            sys.stderr.write("modelslab-async: interrupted again, exiting now\n")
-            sys.stderr.flush()
-            os._exit(130)
-        interrupted = True
-        sys.stderr.write("modelslab-async: interrupted, stopping (Ctrl-C again to quit now)\n")
-        sys.stderr.flush()
-        task.cancel()
-
-    installed = []
-    for signum in _SIGNALS:
-        try:
-            loop.add_signal_handler(signum, stop)
-        except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover - Windows
-            continue
-        installed.append(signum)
+    installed: list[signal.Signals] = []
     try:
-        return await task, False
-    except asyncio.CancelledError:
-        if not interrupted or not task.cancelled():
-            raise
-        return None, True
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(work)
+
+            def stop() -> None:
+                nonlocal interrupted
+                if interrupted:
+                    # Everything written so far is flushed: the next run resumes from the journal.
+                    sys.stderr.write("modelslab-async: interrupted again, exiting now\n")
+                    sys.stderr.flush()
+                    os._exit(130)
+                interrupted = True
+                sys.stderr.write(
+                    "modelslab-async: interrupted, stopping (Ctrl-C again to quit now)\n"
+                )
+                sys.stderr.flush()
+                task.cancel()
+
+            for signum in _SIGNALS:
+                try:
+                    loop.add_signal_handler(signum, stop)
+                except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
+                    continue
+                installed.append(signum)
     finally:
         for signum in installed:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
+    if task.cancelled():
+        if interrupted:
+            return None, True
+        raise asyncio.CancelledError
+    return task.result(), False
