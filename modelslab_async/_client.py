@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ._config import DEFAULT, DEFAULT_BASE_URL, Default, Endpoints, PollPolicy, Timeouts
 from ._converter import request_to_wire
-from ._errors import InvalidRequestError, JobFailedError, ModelsLabError
+from ._errors import InvalidRequestError, JobFailedError, ModelsLabError, ReadError
 from ._events import JobEventHandler
 from ._job import JobRunner, Wire
 from ._models import ImageResult, Img2ImgRequest, JobStatus, SystemDetails
@@ -209,18 +209,29 @@ class Client:
         self._check_open()
         route = self.pool.route(server)
         body = {"key": route.key}
-        raw = await self._transport.post_json(
-            f"{self.base_url}/{self._wire.endpoints.system_details}",
-            body,
-            timeout=self.timeouts.fetch_read,
-            server=route.name,
-        )
+        async with self._bounded(self.timeouts.fetch_read, route.name):
+            raw = await self._transport.post_json(
+                f"{self.base_url}/{self._wire.endpoints.system_details}",
+                body,
+                timeout=self.timeouts.fetch_read,
+                server=route.name,
+            )
         return _system_details(route.name, raw)
 
     async def download(self, url: str) -> RawResponse:
         """GET an output URL (no key is sent); returns the raw answer."""
         self._check_open()
-        return await self._transport.get(url, timeout=self.timeouts.download_read)
+        async with self._bounded(self.timeouts.download_read, None):
+            return await self._transport.get(url, timeout=self.timeouts.download_read)
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self, read: float, server: str | None) -> AsyncIterator[None]:
+        """Bound a call outside any job by its read timeout plus the connect timeout, in total."""
+        try:
+            async with asyncio.timeout(read + self.timeouts.connect):
+                yield
+        except TimeoutError:
+            raise ReadError("no complete answer in time", server=server, timed_out=True) from None
 
     def img2img_batch(
         self,

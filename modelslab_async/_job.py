@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 from attrs import evolve, frozen
@@ -111,12 +112,22 @@ class JobRunner:
         self._maybe_started = False
         self.possible_duplicate = False
         self._waited = 0.0
+        self._body: Mapping[str, Any] = {}
 
     # --- entry points -------------------------------------------------------------------------
 
     async def submit(self, body: Mapping[str, Any]) -> ImageResult:
         """Run the job to its end; raises a typed error carrying the attempt history."""
-        return await self._bounded(self._submit_with_retries(body))
+        self._body = body
+        return await self._bounded(
+            self._retry.run(
+                self._attempt,
+                can_reroute=self._can_reroute,
+                accepted=self._accepted,
+                sleep=self._sleep,
+                before_sleep=self._before_sleep,
+            )
+        )
 
     async def collect(self, route: Route, request_id: str) -> ImageResult:
         """Poll a job accepted earlier (by ``route``'s key) until it ends."""
@@ -159,14 +170,11 @@ class JobRunner:
 
     # --- submit -------------------------------------------------------------------------------
 
-    async def _submit_with_retries(self, body: Mapping[str, Any]) -> ImageResult:
-        return await self._retry.run(
-            lambda: self._attempt(body),
-            can_reroute=lambda: self._pool.can_reroute(self._last_route),
-            accepted=lambda: self.request_id is not None,
-            sleep=self._sleep,
-            before_sleep=self._before_sleep,
-        )
+    def _can_reroute(self) -> bool:
+        return self._pool.can_reroute(self._last_route)
+
+    def _accepted(self) -> bool:
+        return self.request_id is not None
 
     def _before_sleep(self, state: RetryCallState) -> None:
         wait = state.next_action.sleep if state.next_action else 0.0
@@ -175,7 +183,8 @@ class JobRunner:
         text = f"{type(error).__name__}: {error}" if error else None
         self._emit(EventKind.RETRIED, wait=wait, error=text)
 
-    async def _attempt(self, body: Mapping[str, Any]) -> ImageResult:
+    async def _attempt(self) -> ImageResult:
+        body = self._body
         lease = await self._pool.acquire(deadline=self._deadline, avoid=self._avoid)
         route = lease.route
         self._submits += 1
@@ -313,7 +322,7 @@ class JobRunner:
             output=answer.output or answer.proxy_links,
             proxy_links=answer.proxy_links,
             generation_time=answer.generation_time,
-            meta=answer.meta,
+            meta=MappingProxyType(answer.meta),  # parsed for this job alone: no copy needed
             nsfw_content_detected=answer.nsfw_content_detected,
             server=route.name,
             attempts=max(self._submits, 1),

@@ -235,6 +235,8 @@ def _check_init_image(_: object, attribute: Any, value: Any) -> None:
 
 
 def _extra(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if type(value) is MappingProxyType:
+        return value  # already read-only (the client wraps what it parsed for this job alone)
     return MappingProxyType(dict(value or {}))
 
 

@@ -10,14 +10,14 @@ after it left become :class:`ReadError`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import functools
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import aiohttp
 from attrs import frozen
 
-from ._errors import ConnectError, ReadError
+from ._errors import ConnectError, ReadError, TransportError
 
 __all__ = ["AiohttpTransport", "RawResponse", "Transport"]
 
@@ -49,20 +49,25 @@ class Transport(Protocol):
         ...
 
 
-@contextmanager
-def _mapped_errors(server: str | None, url: str) -> Iterator[None]:
-    try:
-        yield
-    except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
-        raise ConnectError(f"could not connect: {type(exc).__name__}", server=server) from exc
-    except aiohttp.InvalidURL as exc:
-        raise ConnectError(f"invalid URL {url!r}", server=server) from exc
-    except (aiohttp.SocketTimeoutError, aiohttp.ServerTimeoutError, TimeoutError) as exc:
-        raise ReadError("no answer within the read timeout", server=server, timed_out=True) from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise ReadError("server closed the connection without answering", server=server) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ReadError(f"answer lost: {type(exc).__name__}", server=server) from exc
+def _mapped(exc: BaseException, server: str | None, url: str) -> TransportError | None:
+    """Our error for an aiohttp (or socket) failure, or None when it is not one of those."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
+        return ConnectError(f"could not connect: {type(exc).__name__}", server=server)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ConnectError(f"invalid URL {url!r}", server=server)
+    if isinstance(exc, aiohttp.SocketTimeoutError | aiohttp.ServerTimeoutError | TimeoutError):
+        return ReadError("no answer within the read timeout", server=server, timed_out=True)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ReadError("server closed the connection without answering", server=server)
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return ReadError(f"answer lost: {type(exc).__name__}", server=server)
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(read: float, connect: float) -> aiohttp.ClientTimeout:
+    # No total: the job's own deadline bounds the whole call, and one timer less per request.
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
 
 
 class AiohttpTransport:
@@ -92,28 +97,38 @@ class AiohttpTransport:
             self._session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
         return self._session
 
-    def _timeout(self, read: float) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(
-            total=read + self._connect_timeout, sock_connect=self._connect_timeout, sock_read=read
-        )
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        body: Mapping[str, Any] | None,
+        timeout: float,
+        server: str | None,
+    ) -> RawResponse:
+        session = self._get_session()
+        try:
+            async with session.request(
+                method, url, json=body, timeout=_client_timeout(timeout, self._connect_timeout)
+            ) as response:
+                data = await response.read()
+                status = response.status
+                headers = _headers(response) if status >= 400 else {}
+                return RawResponse(status, headers, data)
+        except Exception as exc:
+            mapped = _mapped(exc, server, url)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     async def post_json(
         self, url: str, body: Mapping[str, Any], *, timeout: float, server: str
     ) -> RawResponse:
         """POST ``body`` as JSON and read the whole answer."""
-        session = self._get_session()
-        with _mapped_errors(server, url):
-            async with session.post(url, json=body, timeout=self._timeout(timeout)) as response:
-                data = await response.read()
-                return RawResponse(response.status, _headers(response), data)
+        return await self._request("POST", url, body, timeout, server)
 
     async def get(self, url: str, *, timeout: float) -> RawResponse:
         """GET ``url`` and read the whole answer."""
-        session = self._get_session()
-        with _mapped_errors(None, url):
-            async with session.get(url, timeout=self._timeout(timeout)) as response:
-                data = await response.read()
-                return RawResponse(response.status, _headers(response), data)
+        return await self._request("GET", url, None, timeout, None)
 
     async def aclose(self) -> None:
         """Close the session and its connections; safe to call twice."""
