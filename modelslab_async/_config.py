@@ -105,8 +105,8 @@ class PollPolicy:
     min_interval: float = field(default=0.05, validator=_positive)
     max_interval: float = field(default=10.0, validator=_positive)
     backoff: float = field(default=1.5, validator=validators.ge(1.0))
-    eta_margin: float = field(default=0.05, validator=validators.ge(0.0))
-    jitter: float = field(default=0.05, validator=validators.ge(0.0))
+    eta_margin: float = field(default=0.02, validator=validators.ge(0.0))
+    jitter: float = field(default=0.03, validator=validators.ge(0.0))
 
     def delay(self, eta: float | None, previous: float | None) -> float:
         """Seconds to wait before the next look, given the server's eta and the last wait."""

@@ -20,6 +20,7 @@ from modelslab_async import (
     JobEvent,
     JobFailedError,
     JobTimeoutError,
+    PollPolicy,
     RateLimitError,
     ReadError,
     RetryPolicy,
@@ -486,3 +487,14 @@ async def test_an_invalid_first_key_fails_over_to_the_other_keys(make_mock_clien
     assert [refused, fingerprint(KEYS[1]), fingerprint(KEYS[1])] == [
         r.key_fingerprint for r in transport.requests
     ]
+
+
+def test_the_first_look_lands_just_after_the_eta() -> None:
+    """With the server's eta, the first poll waits eta plus at most ~5%; without, it backs off."""
+    policy = PollPolicy()
+    delays = [policy.delay(10.0, None) for _ in range(200)]
+    assert all(10.0 <= d <= 10.5 for d in delays)
+    assert 1.0 <= policy.delay(None, None) <= 1.05
+    assert 1.5 <= policy.delay(None, 1.0) <= 1.6
+    assert policy.max_interval == policy.delay(None, 1000.0)
+    assert policy.min_interval == policy.delay(0.0001, None)
