@@ -24,7 +24,7 @@ from ._server import Server
 from ._transport import AiohttpTransport, RawResponse, Transport
 
 if TYPE_CHECKING:
-    from ._dispatch import Job, JobOutcome
+    from ._dispatch import BatchProgress, Job, JobOutcome
 
 __all__ = ["Client"]
 
@@ -154,10 +154,22 @@ class Client:
         return await self._submit(request, self._job_timeout(timeout), on_event)
 
     async def wire_body(self, request: Img2ImgRequest) -> dict[str, Any]:
-        """The JSON body for ``request`` without the key (a local file is read off the loop)."""
-        if isinstance(request.init_image, Path):
+        """
+        The JSON body for ``request`` without the key (a local file is read off the loop).
+
+        Raises:
+            InvalidRequestError: The local ``init_image`` file can no longer be read.
+        """
+        self._check_open()
+        image = request.init_image
+        if not isinstance(image, Path):
+            return request_to_wire(request)
+        try:
             return await asyncio.to_thread(request_to_wire, request)
-        return request_to_wire(request)
+        except OSError as error:
+            raise InvalidRequestError(
+                "init_image", f"cannot read {image}: {error.strerror or error}"
+            ) from error
 
     async def fetch(
         self,
@@ -178,14 +190,9 @@ class Client:
             on_event: Receives progress events.
         """
         self._check_open()
-        return await self._collect(
-            str(request_id),
-            server=server,
-            timeout=self._job_timeout(timeout),
-            on_event=on_event,
-            job_id=None,
-            index=None,
-        )
+        route = self.pool.route(server)
+        runner = self._runner(self._job_timeout(timeout), on_event)
+        return await runner.collect(route, str(request_id))
 
     async def fetch_once(self, request_id: str | int, *, server: str | None = None) -> JobStatus:
         """Ask once about a job accepted earlier: done (with its result) or still processing."""
@@ -267,8 +274,10 @@ class Client:
         self,
         timeout: float | None,
         on_event: JobEventHandler | None,
+        *,
         job_id: str | None = None,
         index: int | None = None,
+        progress: BatchProgress | None = None,
     ) -> JobRunner:
         return JobRunner(
             self._wire,
@@ -277,35 +286,17 @@ class Client:
             poll=self.poll,
             timeout=timeout,
             emit=on_event,
+            progress=progress,
             job_id=job_id,
             index=index,
         )
 
     async def _submit(
-        self,
-        request: Img2ImgRequest,
-        timeout: float | None,
-        on_event: JobEventHandler | None,
-        job_id: str | None = None,
-        index: int | None = None,
+        self, request: Img2ImgRequest, timeout: float | None, on_event: JobEventHandler | None
     ) -> ImageResult:
         self._check_open()
         body = await self.wire_body(request)
-        return await self._runner(timeout, on_event, job_id, index).submit(body)
-
-    async def _collect(
-        self,
-        request_id: str,
-        *,
-        server: str | None,
-        timeout: float | None,
-        on_event: JobEventHandler | None,
-        job_id: str | None,
-        index: int | None,
-    ) -> ImageResult:
-        self._check_open()
-        route = self.pool.route(server)
-        return await self._runner(timeout, on_event, job_id, index).collect(route, request_id)
+        return await self._runner(timeout, on_event).submit(body)
 
     async def _call_once(self, server: str, path: str, fields: dict[str, str]) -> Any:
         route = self.pool.route(server)

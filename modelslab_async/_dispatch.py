@@ -259,55 +259,32 @@ class Dispatcher:
         deadline: float | None,
     ) -> None:
         started = time.monotonic()
-        job_id = item.id if isinstance(item, Job) else str(index)
-        request = item.request if isinstance(item, Job) else item
-        if not isinstance(request, Img2ImgRequest | None):
-            request = None
-        progress = self.progress
-        queued = False
-        ended = False
-
-        def emit(event: JobEvent) -> None:
-            nonlocal queued, ended
-            kind = event.kind
-            if kind is EventKind.QUEUED:
-                queued = True
-                progress.queued += 1
-            elif kind is EventKind.RETRIED:
-                progress.retries += 1
-            elif kind is EventKind.REROUTED:
-                progress.reroutes += 1
-            elif kind is EventKind.DONE or kind is EventKind.FAILED:
-                ended = True
-                if queued:
-                    queued = False
-                    progress.queued -= 1
-            if self._on_event is not None:
-                self._on_event(event)
-
         timeout = self._job_timeout
         if deadline is not None:
             left = max(deadline - started, 0.0)
             timeout = left if timeout is None else min(timeout, left)
+        client = self.client
+        request: Img2ImgRequest | None = None
+        job_id = str(index)
         try:
-            job = _as_job(item, job_id)
-            if job.request_id is not None:
-                result = await self.client._collect(
-                    job.request_id,
-                    server=job.server,
-                    timeout=timeout,
-                    on_event=emit,
-                    job_id=job_id,
-                    index=index,
-                )
+            request, job_id, resume, server = _unpack(item, index)
+            runner = client._runner(
+                timeout, self._on_event, job_id=job_id, index=index, progress=self.progress
+            )
+            if resume is not None:
+                route = client.pool.route(server)
+                result = await runner.collect(route, resume)
             else:
-                assert job.request is not None  # noqa: S101 - Job guarantees one of the two
-                result = await self.client._submit(job.request, timeout, emit, job_id, index)
+                assert request is not None  # noqa: S101 - a Job has a request or a request_id
+                result = await runner.submit(await client.wire_body(request))
         except Exception as error:  # noqa: BLE001 - every failure becomes this job's outcome
-            if not ended:
+            self.progress.failed += 1
+            if not getattr(error, "attempts", ()) and self._on_event is not None:
+                # Failed before the runner could say so (bad item, unreadable file).
                 text = f"{type(error).__name__}: {error}"
-                emit(JobEvent(kind=EventKind.FAILED, job_id=job_id, index=index, error=text))
-            progress.failed += 1
+                self._on_event(
+                    JobEvent(kind=EventKind.FAILED, job_id=job_id, index=index, error=text)
+                )
             outcome = JobOutcome(
                 job_id=job_id,
                 index=index,
@@ -319,8 +296,8 @@ class Dispatcher:
                 possible_duplicate=bool(getattr(error, "possible_duplicate", False)),
             )
         else:
-            progress.done += 1
-            progress.possible_duplicates += result.possible_duplicate
+            self.progress.done += 1
+            self.progress.possible_duplicates += result.possible_duplicate
             outcome = JobOutcome(
                 job_id=job_id,
                 index=index,
@@ -343,11 +320,12 @@ class _Feed:
     error: Exception | None = None
 
 
-def _as_job(item: Any, job_id: str) -> Job:
-    if isinstance(item, Job):
-        return item
+def _unpack(item: Any, index: int) -> tuple[Img2ImgRequest | None, str, str | None, str | None]:
+    """A batch item as (request, job id, request id to collect, server), or a typed error."""
     if isinstance(item, Img2ImgRequest):
-        return Job(id=job_id, request=item)
+        return item, str(index), None, None
+    if isinstance(item, Job):
+        return item.request, item.id, item.request_id, item.server
     raise InvalidRequestError(
-        "jobs", f"item {job_id} is a {type(item).__name__}", allowed="Img2ImgRequest or Job"
+        "jobs", f"item {index} is a {type(item).__name__}", allowed="Img2ImgRequest or Job"
     )

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from attrs import evolve, frozen
 from tenacity import RetryCallState
@@ -36,6 +36,9 @@ from ._retry import RetryPolicy, may_have_started
 from ._secrets import redact_body
 from ._server import Route
 from ._transport import Transport
+
+if TYPE_CHECKING:
+    from ._dispatch import BatchProgress
 
 __all__ = ["JobRunner", "Wire"]
 
@@ -88,6 +91,7 @@ class JobRunner:
         poll: PollPolicy,
         timeout: float | None,
         emit: JobEventHandler | None = None,
+        progress: BatchProgress | None = None,
         job_id: str | None = None,
         index: int | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
@@ -100,10 +104,12 @@ class JobRunner:
         self._poll_policy = poll
         self._timeout = timeout
         self._emit_to = emit
+        self._progress = progress
+        self._in_queue = False
         self._sleep = sleep
         self._started = time.monotonic()
         self._deadline = None if timeout is None else self._started + timeout
-        self.attempts: list[Attempt] = []
+        self._log: list[tuple[str, Literal["submit", "fetch"], str | None, str, float]] = []
         self.request_id: str | None = None
         self.route: Route | None = None
         self._submits = 0
@@ -114,54 +120,71 @@ class JobRunner:
         self._waited = 0.0
         self._body: Mapping[str, Any] = {}
 
+    @property
+    def attempts(self) -> list[Attempt]:
+        """Every attempt so far, oldest first."""
+        return [
+            Attempt(server=server, phase=phase, error=error, detail=detail, waited=waited)
+            for server, phase, error, detail, waited in self._log
+        ]
+
     # --- entry points -------------------------------------------------------------------------
 
     async def submit(self, body: Mapping[str, Any]) -> ImageResult:
         """Run the job to its end; raises a typed error carrying the attempt history."""
         self._body = body
-        return await self._bounded(
-            self._retry.run(
-                self._attempt,
-                can_reroute=self._can_reroute,
-                accepted=self._accepted,
-                sleep=self._sleep,
-                before_sleep=self._before_sleep,
-            )
-        )
+        try:
+            async with asyncio.timeout(self._timeout) as scope:
+                try:
+                    result = await self._attempt()  # the common case: no retry machinery at all
+                except ModelsLabError as error:
+                    result = await self._retry.resume(
+                        error,
+                        self._attempt,
+                        started=self._started,
+                        can_reroute=self._can_reroute,
+                        accepted=self._accepted,
+                        sleep=self._sleep,
+                        before_sleep=self._before_sleep,
+                    )
+        except TimeoutError:
+            if not scope.expired():  # not our deadline: pass it on untouched
+                raise
+            raise self._timed_out() from None
+        except ModelsLabError as error:
+            raise self._fail(error) from error.__cause__
+        self._emit(EventKind.DONE, result.server)
+        return result
 
     async def collect(self, route: Route, request_id: str) -> ImageResult:
         """Poll a job accepted earlier (by ``route``'s key) until it ends."""
         self.request_id, self.route = request_id, route
-
-        async def run() -> ImageResult:
-            lease = await self._pool.acquire(deadline=self._deadline, pinned=route)
-            route.processing += 1
-            try:
-                final = await self._poll(route, request_id, eta=0.0)
-            finally:
-                route.processing -= 1
-                self._pool.release(lease)
-            return self.result(route, final)
-
-        return await self._bounded(run())
-
-    async def _bounded(self, work: Any) -> ImageResult:
         try:
             async with asyncio.timeout(self._timeout) as scope:
-                result: ImageResult = await work
+                lease = await self._pool.acquire(deadline=self._deadline, pinned=route)
+                route.processing += 1
+                try:
+                    final = await self._poll(route, request_id, eta=0.0)
+                finally:
+                    route.processing -= 1
+                    self._pool.release(lease)
         except TimeoutError:
-            if not scope.expired():
+            if not scope.expired():  # not our deadline: pass it on untouched
                 raise
-            error: ModelsLabError = JobTimeoutError(
-                self._timeout or 0.0,
-                request_id=self.request_id,
-                server=self.route.name if self.route else None,
-            )
-            raise self._fail(error) from None
+            raise self._timed_out() from None
         except ModelsLabError as error:
             raise self._fail(error) from error.__cause__
-        self._emit(EventKind.DONE, server=result.server)
+        result = self.result(route, final)
+        self._emit(EventKind.DONE, result.server)
         return result
+
+    def _timed_out(self) -> ModelsLabError:
+        error = JobTimeoutError(
+            self._timeout or 0.0,
+            request_id=self.request_id,
+            server=self.route.name if self.route else None,
+        )
+        return self._fail(error)
 
     def _fail(self, error: ModelsLabError) -> ModelsLabError:
         error.with_context(attempts=self.attempts, possible_duplicate=self.possible_duplicate)
@@ -189,10 +212,10 @@ class JobRunner:
         route = lease.route
         self._submits += 1
         if self._last_route is not None and route is not self._last_route:
-            self._emit(EventKind.REROUTED, server=route.name)
+            self._emit(EventKind.REROUTED, route.name)
         if self._maybe_started:
             self.possible_duplicate = True
-        self._emit(EventKind.SUBMITTED, server=route.name)
+        self._emit(EventKind.SUBMITTED, route.name)
         started = time.monotonic()
         try:
             fields = {**route.extra_body, **body}  # a field the caller set wins
@@ -236,7 +259,7 @@ class JobRunner:
     async def _queued(self, route: Route, answer: ApiResponse) -> ImageResult:
         assert answer.id is not None  # noqa: S101 - classify() guarantees it on submit
         self.request_id, self.route = answer.id, route
-        self._emit(EventKind.QUEUED, server=route.name, eta=answer.eta)
+        self._emit(EventKind.QUEUED, route.name, eta=answer.eta)
         route.processing += 1
         try:
             final = await self._poll(route, answer.id, answer.eta)
@@ -304,15 +327,8 @@ class JobRunner:
     ) -> None:
         if error is not None:
             detail = error.message
-        self.attempts.append(
-            Attempt(
-                server=route.name,
-                phase=phase,
-                error=type(error).__name__ if error else None,
-                detail=detail,
-                waited=round(self._waited, 3),
-            )
-        )
+        name = type(error).__name__ if error is not None else None
+        self._log.append((route.name, phase, name, detail, round(self._waited, 3)))
         self._waited = 0.0
 
     def result(self, route: Route, answer: ApiResponse) -> ImageResult:
@@ -330,17 +346,39 @@ class JobRunner:
             possible_duplicate=self.possible_duplicate,
         )
 
-    def _emit(self, kind: EventKind, **fields: Any) -> None:
+    def _emit(
+        self,
+        kind: EventKind,
+        server: str | None = None,
+        *,
+        eta: float | None = None,
+        wait: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        progress = self._progress
+        if progress is not None:
+            if kind is EventKind.QUEUED:
+                self._in_queue = True
+                progress.queued += 1
+            elif kind is EventKind.RETRIED:
+                progress.retries += 1
+            elif kind is EventKind.REROUTED:
+                progress.reroutes += 1
+            elif self._in_queue and (kind is EventKind.DONE or kind is EventKind.FAILED):
+                self._in_queue = False
+                progress.queued -= 1
         if self._emit_to is not None:
-            fields.setdefault("server", self.route.name if self.route else None)
             self._emit_to(
                 JobEvent(
                     kind=kind,
                     job_id=self._job_id,
                     index=self._index,
+                    server=server if server is not None or self.route is None else self.route.name,
                     attempt=self._submits,
+                    eta=eta,
+                    wait=wait,
+                    error=error,
                     request_id=self.request_id,
-                    **fields,
                 )
             )
 

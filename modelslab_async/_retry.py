@@ -124,29 +124,52 @@ class RetryPolicy:
         """
         Run ``attempt`` under this policy and return its result.
 
-        The first try is made directly, so the common case (it works) costs nothing more;
-        when it fails, tenacity takes over from that failure as attempt 1, with the same
-        decisions, waits and hooks as :meth:`retrying` and the time budget still counted from
-        the first try.
+        The first try is made directly, so the common case (it works) costs nothing more; when
+        it fails, :meth:`resume` hands over to tenacity.
         """
         started = time.monotonic()
         try:
             return await attempt()
         except ModelsLabError as error:
-            first: ModelsLabError | None = error
-        spent = time.monotonic() - started
+            return await self.resume(
+                error,
+                attempt,
+                started=started,
+                can_reroute=can_reroute,
+                accepted=accepted,
+                sleep=sleep,
+                before_sleep=before_sleep,
+            )
+
+    async def resume(
+        self,
+        first: ModelsLabError,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        started: float,
+        can_reroute: Callable[[], bool],
+        accepted: Callable[[], bool] = lambda: False,
+        sleep: Callable[[float], Any] | None = None,
+        before_sleep: Callable[[RetryCallState], Any] | None = None,
+    ) -> T:
+        """
+        Carry on after a first attempt that failed with ``first``: tenacity takes over from that
+        failure as attempt 1, with the same decisions, waits and hooks as :meth:`retrying`, and
+        the time budget counted from ``started`` (a ``time.monotonic()`` value).
+        """
         retrying = self.retrying(
             can_reroute=can_reroute,
             accepted=accepted,
             sleep=sleep,
             before_sleep=before_sleep,
-            budget=max(self.timeout - spent, 0.0),
+            budget=max(self.timeout - (time.monotonic() - started), 0.0),
         )
+        pending: ModelsLabError | None = first
 
         async def again() -> T:
-            nonlocal first
-            if first is not None:
-                error, first = first, None
+            nonlocal pending
+            if pending is not None:
+                error, pending = pending, None
                 raise error  # replayed to tenacity as attempt 1
             return await attempt()
 

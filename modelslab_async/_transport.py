@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -64,6 +64,29 @@ def _mapped(exc: BaseException, server: str | None, url: str) -> TransportError 
     return None
 
 
+async def _send(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    body: Mapping[str, Any] | None,
+    timeout: aiohttp.ClientTimeout,
+    server: str | None,
+) -> RawResponse:
+    """One request, its answer read whole; aiohttp's errors come out as ours."""
+    try:
+        async with session.request(method, url, json=body, timeout=timeout) as response:
+            data = await response.read()
+            status = response.status
+            headers = _headers(response) if status >= 400 else {}
+            return RawResponse(status, headers, data)
+    except Exception as exc:
+        mapped = _mapped(exc, server, url)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
 @functools.lru_cache(maxsize=64)
 def _client_timeout(read: float, connect: float) -> aiohttp.ClientTimeout:
     # No total: the job's own deadline bounds the whole call, and one timer less per request.
@@ -97,38 +120,29 @@ class AiohttpTransport:
             self._session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
         return self._session
 
-    async def _request(
-        self,
-        method: str,
-        url: str,
-        body: Mapping[str, Any] | None,
-        timeout: float,
-        server: str | None,
-    ) -> RawResponse:
-        session = self._get_session()
-        try:
-            async with session.request(
-                method, url, json=body, timeout=_client_timeout(timeout, self._connect_timeout)
-            ) as response:
-                data = await response.read()
-                status = response.status
-                headers = _headers(response) if status >= 400 else {}
-                return RawResponse(status, headers, data)
-        except Exception as exc:
-            mapped = _mapped(exc, server, url)
-            if mapped is None:
-                raise
-            raise mapped from exc
-
-    async def post_json(
+    def post_json(
         self, url: str, body: Mapping[str, Any], *, timeout: float, server: str
-    ) -> RawResponse:
+    ) -> Coroutine[Any, Any, RawResponse]:
         """POST ``body`` as JSON and read the whole answer."""
-        return await self._request("POST", url, body, timeout, server)
+        return _send(
+            self._get_session(),
+            "POST",
+            url,
+            body=body,
+            timeout=_client_timeout(timeout, self._connect_timeout),
+            server=server,
+        )
 
-    async def get(self, url: str, *, timeout: float) -> RawResponse:
+    def get(self, url: str, *, timeout: float) -> Coroutine[Any, Any, RawResponse]:
         """GET ``url`` and read the whole answer."""
-        return await self._request("GET", url, None, timeout, None)
+        return _send(
+            self._get_session(),
+            "GET",
+            url,
+            body=None,
+            timeout=_client_timeout(timeout, self._connect_timeout),
+            server=None,
+        )
 
     async def aclose(self) -> None:
         """Close the session and its connections; safe to call twice."""
