@@ -8,9 +8,10 @@ recorded, so that the result or the final error can tell what happened.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -130,17 +131,26 @@ class JobRunner:
 
     # --- entry points -------------------------------------------------------------------------
 
-    async def submit(self, body: Mapping[str, Any]) -> ImageResult:
+    def submit(self, body: Mapping[str, Any]) -> Coroutine[Any, Any, ImageResult]:
         """Run the job to its end; raises a typed error carrying the attempt history."""
         self._body = body
+        return self._run(self._attempt)
+
+    def collect(self, route: Route, request_id: str) -> Coroutine[Any, Any, ImageResult]:
+        """Poll a job accepted earlier (by ``route``'s key) until it ends."""
+        self.request_id, self.route = request_id, route
+        return self._run(functools.partial(self._collect_once, route, request_id))
+
+    async def _run(self, attempt: Callable[[], Awaitable[ImageResult]]) -> ImageResult:
+        """The job under its deadline: the first try directly, retries as the policy says."""
         try:
             async with asyncio.timeout(self._timeout) as scope:
                 try:
-                    result = await self._attempt()  # the common case: no retry machinery at all
+                    result = await attempt()  # the common case: no retry machinery at all
                 except ModelsLabError as error:
                     result = await self._retry.resume(
                         error,
-                        self._attempt,
+                        attempt,
                         started=self._started,
                         can_reroute=self._can_reroute,
                         accepted=self._accepted,
@@ -156,27 +166,16 @@ class JobRunner:
         self._emit(EventKind.DONE, result.server)
         return result
 
-    async def collect(self, route: Route, request_id: str) -> ImageResult:
-        """Poll a job accepted earlier (by ``route``'s key) until it ends."""
-        self.request_id, self.route = request_id, route
+    async def _collect_once(self, route: Route, request_id: str) -> ImageResult:
+        # Accepted already, so never resubmitted: the retry policy sees accepted() is true.
+        lease = await self._pool.acquire(deadline=self._deadline, pinned=route)
+        route.processing += 1
         try:
-            async with asyncio.timeout(self._timeout) as scope:
-                lease = await self._pool.acquire(deadline=self._deadline, pinned=route)
-                route.processing += 1
-                try:
-                    final = await self._poll(route, request_id, eta=0.0)
-                finally:
-                    route.processing -= 1
-                    self._pool.release(lease)
-        except TimeoutError:
-            if not scope.expired():  # not our deadline: pass it on untouched
-                raise
-            raise self._timed_out() from None
-        except ModelsLabError as error:
-            raise self._fail(error) from error.__cause__
-        result = self.result(route, final)
-        self._emit(EventKind.DONE, result.server)
-        return result
+            final = await self._poll(route, request_id, eta=0.0)
+        finally:
+            route.processing -= 1
+            self._pool.release(lease)
+        return self.result(route, final)
 
     def _timed_out(self) -> ModelsLabError:
         error = JobTimeoutError(
