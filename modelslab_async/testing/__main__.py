@@ -1,7 +1,10 @@
 """Run a standalone fake: ``python -m modelslab_async.testing serve --servers 3 --port 8765``.
 
 Keys come from ``MODELSLAB_API_KEYS`` (comma-separated; their count overrides ``--servers``)
-or default to ``fake-key-1``..``fake-key-N``. Only key fingerprints are printed. Once listening,
+or default to ``fake-key-1``..``fake-key-N``. ``--server NAME:SLOTS:SECONDS`` (repeatable) gives
+each server its own shape. Only key fingerprints are printed. Tests in another process can read
+``GET /_fake/stats`` and take a server down or up with ``POST /_fake/servers/NAME``
+``{"down": true}``. Once listening,
 the line ``READY <base_url>`` is printed, so a benchmark can start it as a subprocess. Runs
 until SIGINT or SIGTERM.
 """
@@ -42,9 +45,28 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="jobs finishing later than this are answered 'processing' (default 1.0)",
     )
+    serve.add_argument(
+        "--server",
+        action="append",
+        type=_server_spec,
+        metavar="NAME:SLOTS:SECONDS",
+        help="one server with its own slots and service time (repeat; overrides --servers)",
+    )
     serve.add_argument("--api-prefix", default="/api/v1/enterprise", help="API path prefix")
     serve.add_argument("--seed", type=int, default=None, help="random seed")
     return parser
+
+
+def _server_spec(text: str) -> tuple[str, int, float]:
+    name, _, rest = text.partition(":")
+    slots, _, seconds = rest.partition(":")
+    try:
+        parsed = (name, int(slots), float(seconds))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME:SLOTS:SECONDS, got {text!r}") from None
+    if not name or parsed[1] < 1 or parsed[2] < 0:
+        raise argparse.ArgumentTypeError(f"expected NAME:SLOTS:SECONDS, got {text!r}")
+    return parsed
 
 
 def _keys(servers: int) -> list[str]:
@@ -52,17 +74,23 @@ def _keys(servers: int) -> list[str]:
     return configured or [f"fake-key-{n}" for n in range(1, servers + 1)]
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    specs = [
-        FakeServerSpec(
-            f"server-{n}",
-            key,
-            slots=args.slots,
-            service_time=args.service_time,
-            service_jitter=args.service_jitter,
-        )
-        for n, key in enumerate(_keys(args.servers), start=1)
+def _specs(args: argparse.Namespace) -> list[FakeServerSpec]:
+    if args.server:
+        shapes: list[tuple[str, int, float]] = args.server
+        keys = _keys(len(shapes))
+        if len(keys) != len(shapes):
+            raise ValueError(f"{KEYS_ENV} lists {len(keys)} keys for {len(shapes)} servers")
+    else:
+        keys = _keys(args.servers)
+        shapes = [(f"server-{n}", args.slots, args.service_time) for n in range(1, len(keys) + 1)]
+    return [
+        FakeServerSpec(name, key, slots=slots, service_time=seconds, service_jitter=args.service_jitter)
+        for (name, slots, seconds), key in zip(shapes, keys, strict=True)
     ]
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    specs = _specs(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -83,6 +111,10 @@ async def _serve(args: argparse.Namespace) -> None:
                 f"key={fingerprint(spec.key)}"
             )
         print(f"The first key ({fingerprint(specs[0].key)}) is the load balancer's.")
+        print(
+            f"Control: GET {fake.root_url}/_fake/stats, "
+            f'POST {fake.root_url}/_fake/servers/NAME {{"down": true|false}}'
+        )
         print(f"READY {fake.base_url}", flush=True)
         await stop.wait()
     print("Stopped.", flush=True)
@@ -103,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(_serve(args))
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import attrs
 from aiohttp import web
 
 from modelslab_async._secrets import fingerprint
@@ -85,8 +86,29 @@ class Engine:
         router.add_post(f"{prefix}/images/fetch/{{request_id}}", self._fetch_route)
         router.add_post(f"{prefix}/system_details", self._system_details_route)
         router.add_get("/generations/{name}.png", self._image_route)
+        router.add_get("/_fake/stats", self._stats_route)
+        router.add_post("/_fake/servers/{name}", self._control_route)
         router.add_route("*", "/{tail:.*}", self._other_route)
         return app
+
+    # Control (not part of the API: for tests that run the fake in another process) ----------
+
+    async def _stats_route(self, request: web.Request) -> web.StreamResponse:
+        now = self.clock()
+        return json_response([attrs.asdict(server.stats(now)) for server in self.servers])
+
+    async def _control_route(self, request: web.Request) -> web.StreamResponse:
+        server = self.by_name.get(request.match_info["name"])
+        if server is None:
+            return json_response({"status": "error", "message": "no such server"}, 404)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("down"), bool):
+            return json_response({"status": "error", "message": 'send {"down": true|false}'}, 400)
+        server.down = body["down"]
+        return json_response({"status": "ok", "server": server.name, "down": server.down})
 
     # Route entry points -------------------------------------------------------------------
 
