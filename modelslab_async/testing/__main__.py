@@ -84,7 +84,9 @@ def _specs(args: argparse.Namespace) -> list[FakeServerSpec]:
         keys = _keys(args.servers)
         shapes = [(f"server-{n}", args.slots, args.service_time) for n in range(1, len(keys) + 1)]
     return [
-        FakeServerSpec(name, key, slots=slots, service_time=seconds, service_jitter=args.service_jitter)
+        FakeServerSpec(
+            name, key, slots=slots, service_time=seconds, service_jitter=args.service_jitter
+        )
         for (name, slots, seconds), key in zip(shapes, keys, strict=True)
     ]
 
