@@ -16,6 +16,7 @@ from modelslab_async import Client, ServerError
 from modelslab_async.testing import FakeModelsLab, FakeServerSpec
 
 REPO = Path(__file__).parent.parent
+SERVE = [sys.executable, "-m", "modelslab_async.testing", "serve", "--port", "0"]
 
 
 async def test_control_endpoint_takes_a_server_down_and_up() -> None:
@@ -50,18 +51,7 @@ async def test_control_endpoint_takes_a_server_down_and_up() -> None:
 def test_serve_with_per_server_shapes() -> None:
     """`serve --server NAME:SLOTS:SECONDS` builds each server as given, keys from the env."""
     env = {**os.environ, "MODELSLAB_API_KEYS": "sk-shape-key-1,sk-shape-key-2"}
-    command = [
-        sys.executable,
-        "-m",
-        "modelslab_async.testing",
-        "serve",
-        "--port",
-        "0",
-        "--server",
-        "fast:4:0.01",
-        "--server",
-        "slow:1:0.5",
-    ]
+    command = [*SERVE, "--server", "fast:4:0.01", "--server", "slow:1:0.5"]
     proc = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -89,18 +79,7 @@ def test_serve_refuses_mismatched_keys() -> None:
     """More --server options than keys is a usage error (exit 2), not a silent default."""
     env = {**os.environ, "MODELSLAB_API_KEYS": "sk-only-one"}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "modelslab_async.testing",
-            "serve",
-            "--port",
-            "0",
-            "--server",
-            "a:1:0.1",
-            "--server",
-            "b:1:0.1",
-        ],
+        [*SERVE, "--server", "a:1:0.1", "--server", "b:1:0.1"],
         cwd=REPO,
         env=env,
         capture_output=True,
