@@ -15,11 +15,11 @@ from ._errors import (
     AuthenticationError,
     ModelsLabError,
     RateLimitError,
+    ResponseFormatError,
     ServerBusyError,
     ServerError,
     TransportError,
 )
-from ._errors import ResponseFormatError as _Malformed
 
 __all__ = ["BreakerState", "CircuitBreaker", "HealthPolicy", "RouteHealth"]
 
@@ -167,7 +167,7 @@ class RouteHealth:
             self.cool_down(now, self.policy.busy_cooldown)
         elif isinstance(error, AuthenticationError):
             self.breaker.record_failure(now, fatal=True)
-        elif isinstance(error, TransportError | ServerError | _Malformed):
+        elif isinstance(error, TransportError | ServerError | ResponseFormatError):
             self.breaker.record_failure(now)
 
     def percentiles(self) -> tuple[float | None, float | None]:

@@ -65,9 +65,16 @@ class Wire:
         *,
         read_timeout: float,
         phase: Phase,
+        defaults: Mapping[str, Any] | None = None,
     ) -> ApiResponse:
-        """POST ``fields`` plus the route's key to ``path``; return the classified answer."""
-        body = {**fields, "key": route.key}
+        """
+        POST ``fields`` plus the route's key to ``path``; return the classified answer.
+
+        ``defaults`` go in first, so a field of the caller's wins over them.
+        """
+        body = (
+            {**defaults, **fields, "key": route.key} if defaults else {**fields, "key": route.key}
+        )
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("POST %s to %s: %s", path, route.name, redact_body(body))
         route.in_flight += 1
@@ -217,15 +224,15 @@ class JobRunner:
         self._emit(EventKind.SUBMITTED, route.name)
         started = time.monotonic()
         try:
-            fields = {**route.extra_body, **body}  # a field the caller set wins
             route.health.submits += 1
             try:
                 answer = await self._wire.call(
                     route,
                     self._wire.endpoints.img2img,
-                    fields,
+                    body,
                     read_timeout=self._read_timeout(self._wire.timeouts.submit_read),
                     phase="submit",
+                    defaults=route.extra_body,
                 )
                 if answer.status == "success" and not _has_images(answer) and answer.id is None:
                     raise ResponseFormatError(

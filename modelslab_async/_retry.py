@@ -112,35 +112,6 @@ class RetryPolicy:
             return min(max(error.retry_after, 0.0), self.retry_after_max)
         return None
 
-    async def run(
-        self,
-        attempt: Callable[[], Awaitable[T]],
-        *,
-        can_reroute: Callable[[], bool],
-        accepted: Callable[[], bool] = lambda: False,
-        sleep: Callable[[float], Any] | None = None,
-        before_sleep: Callable[[RetryCallState], Any] | None = None,
-    ) -> T:
-        """
-        Run ``attempt`` under this policy and return its result.
-
-        The first try is made directly, so the common case (it works) costs nothing more; when
-        it fails, :meth:`resume` hands over to tenacity.
-        """
-        started = time.monotonic()
-        try:
-            return await attempt()
-        except ModelsLabError as error:
-            return await self.resume(
-                error,
-                attempt,
-                started=started,
-                can_reroute=can_reroute,
-                accepted=accepted,
-                sleep=sleep,
-                before_sleep=before_sleep,
-            )
-
     async def resume(
         self,
         first: ModelsLabError,
@@ -153,9 +124,12 @@ class RetryPolicy:
         before_sleep: Callable[[RetryCallState], Any] | None = None,
     ) -> T:
         """
-        Carry on after a first attempt that failed with ``first``: tenacity takes over from that
-        failure as attempt 1, with the same decisions, waits and hooks as :meth:`retrying`, and
-        the time budget counted from ``started`` (a ``time.monotonic()`` value).
+        Carry on after a first attempt that failed with ``first``.
+
+        The first try is made by the caller, directly, so the common case (it works) costs
+        nothing more. Tenacity takes over from its failure as attempt 1, with the same
+        decisions, waits and hooks as :meth:`retrying`, and the time budget counted from
+        ``started`` (a ``time.monotonic()`` value).
         """
         retrying = self.retrying(
             can_reroute=can_reroute,

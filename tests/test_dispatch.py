@@ -31,6 +31,20 @@ def succeed(request: MockRequest) -> Any:
     return json_response({"status": "success", "id": 1, "output": ["https://cdn.example/x.png"]})
 
 
+class CountingSource:
+    """A lazy source of jobs (endless unless given a count) that counts what was pulled."""
+
+    def __init__(self, count: int | None = None) -> None:
+        self.pulled = 0
+        self._count = count
+
+    def __iter__(self) -> Iterator[Any]:
+        request = make_request()
+        for _ in itertools.count() if self._count is None else range(self._count):
+            self.pulled += 1
+            yield request
+
+
 async def slow_success(request: MockRequest) -> Any:
     await asyncio.sleep(0.005)
     return succeed(request)
@@ -59,46 +73,31 @@ async def test_input_is_read_lazily_and_at_most_concurrency_jobs_are_held(
     make_mock_client: Build,
 ) -> None:
     """With a huge generator, only about `concurrency` jobs are pulled ahead of the consumer."""
-    pulled = 0
-
-    def endless() -> Iterator[Any]:
-        nonlocal pulled
-        request = make_request()
-        for _ in itertools.count():
-            pulled += 1
-            yield request
-
+    source = CountingSource()
     client, _ = make_mock_client(slow_success)
     seen = 0
     async with (
         client,
-        contextlib.aclosing(client.img2img_batch(endless(), concurrency=8)) as outcomes,
+        contextlib.aclosing(client.img2img_batch(source, concurrency=8)) as outcomes,
     ):
         async for _ in outcomes:
             seen += 1
-            assert pulled - seen <= 8
+            assert source.pulled - seen <= 8
             if seen == 200:
                 break
-    assert 200 <= pulled <= 208
+    assert 200 <= source.pulled <= 208
 
 
 async def test_a_slow_consumer_holds_back_the_input(make_mock_client: Build) -> None:
     """Outcomes waiting for the consumer count against the window, so memory stays bounded."""
-    pulled = 0
-
-    def jobs() -> Iterator[Any]:
-        nonlocal pulled
-        for _ in range(100):
-            pulled += 1
-            yield make_request()
-
+    source = CountingSource(100)
     client, _ = make_mock_client(succeed)
     async with client:
-        outcomes = client.img2img_batch(jobs(), concurrency=5)
+        outcomes = client.img2img_batch(source, concurrency=5)
         first = await anext(outcomes)
         await asyncio.sleep(0.05)  # jobs finish, nobody reads their outcomes
         assert first.ok
-        assert pulled <= 6
+        assert source.pulled <= 6
         rest = [o async for o in outcomes]
     assert 99 == len(rest)
 
@@ -276,13 +275,7 @@ async def test_breaking_out_with_aclosing_cancels_the_rest(make_mock_client: Bui
 
 async def test_batch_timeout_ends_jobs_in_flight_and_stops_reading(make_mock_client: Build) -> None:
     """At the batch deadline, running jobs end with JobTimeoutError and no more input is read."""
-    pulled = 0
-
-    def jobs() -> Iterator[Any]:
-        nonlocal pulled
-        for _ in range(100):
-            pulled += 1
-            yield make_request()
+    source = CountingSource(100)
 
     async def hang(request: MockRequest) -> Any:
         await asyncio.sleep(30)
@@ -291,8 +284,8 @@ async def test_batch_timeout_ends_jobs_in_flight_and_stops_reading(make_mock_cli
     client, _ = make_mock_client(hang)
     async with client:
         dispatcher = Dispatcher(client, concurrency=3, batch_timeout=0.05)
-        outcomes = [o async for o in dispatcher.run(jobs())]
-    assert 3 == len(outcomes) == pulled
+        outcomes = [o async for o in dispatcher.run(source)]
+    assert 3 == len(outcomes) == source.pulled
     assert {JobTimeoutError} == {type(o.error) for o in outcomes}
 
 
