@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from attrs import frozen
 
+from ._models import ImageResult
+
 __all__ = ["EventKind", "JobEvent", "JobEventHandler"]
 
 
@@ -36,6 +38,8 @@ class JobEvent:
         wait: Seconds until the next attempt, for ``RETRIED``.
         error: ``"ErrorType: message"``, for ``RETRIED`` and ``FAILED``.
         request_id: The job's id on the server, once accepted.
+        result: The job's result, for ``DONE``: sent the moment the answer arrives, before
+            a batch consumer takes the outcome (a journal writes it from here).
     """
 
     kind: EventKind
@@ -47,6 +51,7 @@ class JobEvent:
     wait: float | None = None
     error: str | None = None
     request_id: str | None = None
+    result: ImageResult | None = None
 
 
 #: A callable that receives events; it must not block (it runs on the event loop).

@@ -170,7 +170,7 @@ class JobRunner:
             raise self._timed_out() from None
         except ModelsLabError as error:
             raise self._fail(error) from error.__cause__
-        self._emit(EventKind.DONE, result.server)
+        self._emit(EventKind.DONE, result.server, result=result)
         return result
 
     async def _collect_once(self, route: Route, request_id: str) -> ImageResult:
@@ -360,6 +360,7 @@ class JobRunner:
         eta: float | None = None,
         wait: float | None = None,
         error: str | None = None,
+        result: ImageResult | None = None,
     ) -> None:
         progress = self._progress
         if progress is not None:
@@ -385,6 +386,7 @@ class JobRunner:
                     wait=wait,
                     error=error,
                     request_id=self.request_id,
+                    result=result,
                 )
             )
 
