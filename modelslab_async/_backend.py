@@ -81,7 +81,7 @@ class CoordinationBackend(Protocol):
         ...
 
     async def release(self, server: str, holder: str) -> None:
-        """Give back ``holder``'s slot on ``server`` (nothing when it holds none) and wake waiters."""
+        """Give back ``holder``'s slot on ``server`` (none held: nothing) and wake waiters."""
         ...
 
     async def renew(self, leases: Sequence[tuple[str, str]]) -> None:
