@@ -2,11 +2,15 @@
 
 Keys come from ``MODELSLAB_API_KEYS`` (comma-separated; their count overrides ``--servers``)
 or default to ``fake-key-1``..``fake-key-N``. ``--server NAME:SLOTS:SECONDS`` (repeatable) gives
-each server its own shape. Only key fingerprints are printed. Tests in another process can read
-``GET /_fake/stats`` and take a server down or up with ``POST /_fake/servers/NAME``
-``{"down": true}``. Once listening,
-the line ``READY <base_url>`` is printed, so a benchmark can start it as a subprocess. Runs
-until SIGINT or SIGTERM.
+each server its own shape. Only key fingerprints are printed.
+
+Documented failures on demand: ``--fault KIND[@SERVER][=RATE][,NAME=VALUE...]`` (repeatable,
+e.g. ``--fault rate_limit=0.1 --fault server_error@server-2=0.05,status=503``),
+``--queue-limit N``, ``--balance N`` (images the account can still pay for),
+``--unreachable HOST_OR_URL_PREFIX`` and ``--models a,b,c``. ``--variants SEED`` draws each
+answer among the documented response shapes. Tests in another process drive it through
+``/_fake/...`` (see ``_control.py``). Once listening, the line ``READY <base_url>`` is printed,
+so a test or a benchmark can start it as a subprocess. Runs until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from collections.abc import Sequence
 from modelslab_async._secrets import fingerprint
 
 from ._fake import FakeModelsLab
-from ._jobs import FakeServerSpec
+from ._faults import Fault
+from ._faultspec import fault_from_text
+from ._jobs import DEFAULT_MODELS, FakeServerSpec
 
 KEYS_ENV = "MODELSLAB_API_KEYS"
 
@@ -54,7 +60,83 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--api-prefix", default="/api/v1/enterprise", help="API path prefix")
     serve.add_argument("--seed", type=int, default=None, help="random seed")
+    _add_contract_options(serve)
     return parser
+
+
+def _add_contract_options(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        type=_fault,
+        metavar="KIND[@SERVER][=RATE][,NAME=VALUE...]",
+        help=(
+            "inject a fault at RATE (probability, default 1) for every request, or those of "
+            "SERVER ('balancer' for first-key requests); KIND is one of rate_limit, "
+            "server_error, drop, slow, malformed, error_200, busy, fail; NAME is one of "
+            "endpoint, count, retry_after, status, delay, message, after_accept (repeat)"
+        ),
+    )
+    serve.add_argument(
+        "--queue-limit",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="jobs that may wait for a slot per server; beyond: 429 with retry_after",
+    )
+    serve.add_argument(
+        "--variants",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="draw each answer among the documented response shapes, reproducibly",
+    )
+    serve.add_argument(
+        "--balance",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="images the account can pay for; then 402 'Insufficient credits'",
+    )
+    serve.add_argument(
+        "--unreachable",
+        action="append",
+        default=[],
+        metavar="HOST_OR_URL_PREFIX",
+        help="init images there 'cannot be fetched' (hosts under .invalid never can; repeat)",
+    )
+    serve.add_argument(
+        "--models",
+        type=_models,
+        default=DEFAULT_MODELS,
+        metavar="ID,ID,...",
+        help=f"model ids every server has loaded (default {','.join(DEFAULT_MODELS)})",
+    )
+
+
+def _fault(text: str) -> Fault:
+    try:
+        return fault_from_text(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad fault {text!r}: {exc}") from None
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _models(text: str) -> tuple[str, ...]:
+    models = tuple(model.strip() for model in text.split(",") if model.strip())
+    if not models:
+        raise argparse.ArgumentTypeError("expected model ids separated by commas")
+    return models
 
 
 def _server_spec(text: str) -> tuple[str, int, float]:
@@ -85,7 +167,12 @@ def _specs(args: argparse.Namespace) -> list[FakeServerSpec]:
         shapes = [(f"server-{n}", args.slots, args.service_time) for n in range(1, len(keys) + 1)]
     return [
         FakeServerSpec(
-            name, key, slots=slots, service_time=seconds, service_jitter=args.service_jitter
+            name,
+            key,
+            slots=slots,
+            service_time=seconds,
+            service_jitter=args.service_jitter,
+            models=args.models,
         )
         for (name, slots, seconds), key in zip(shapes, keys, strict=True)
     ]
@@ -104,7 +191,13 @@ async def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         api_prefix=args.api_prefix,
         seed=args.seed,
+        queue_limit=args.queue_limit,
+        variants=args.variants,
+        balance=args.balance,
+        unreachable=args.unreachable,
     )
+    for fault in args.fault:
+        fake.add_fault(fault)
     async with fake:
         print(f"Fake ModelsLab enterprise API at {fake.base_url}")
         for spec in specs:
@@ -113,13 +206,30 @@ async def _serve(args: argparse.Namespace) -> None:
                 f"key={fingerprint(spec.key)}"
             )
         print(f"The first key ({fingerprint(specs[0].key)}) is the load balancer's.")
+        print(f"Models: {', '.join(args.models)}")
+        _print_options(args)
         print(
             f"Control: GET {fake.root_url}/_fake/stats, "
-            f'POST {fake.root_url}/_fake/servers/NAME {{"down": true|false}}'
+            f'POST {fake.root_url}/_fake/servers/NAME {{"down": true|false}}, '
+            f"GET|POST|DELETE {fake.root_url}/_fake/faults, GET {fake.root_url}/_fake/records"
         )
         print(f"READY {fake.base_url}", flush=True)
         await stop.wait()
     print("Stopped.", flush=True)
+
+
+def _print_options(args: argparse.Namespace) -> None:
+    for fault in args.fault:
+        where = f" on {fault.route}" if fault.route else ""
+        print(f"Fault: {fault.kind}{where} at rate {fault.probability:g} ({fault.endpoint})")
+    if args.queue_limit is not None:
+        print(f"Queue limit: {args.queue_limit} waiting jobs per server")
+    if args.balance is not None:
+        print(f"Balance: {args.balance} images")
+    if args.unreachable:
+        print(f"Unreachable image sources: {', '.join(args.unreachable)}")
+    if args.variants is not None:
+        print(f"Response variants: seed {args.variants}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,19 +12,22 @@ from aiohttp import web
 
 from ._faults import Fault
 from ._jobs import Job
-from ._validation import as_integer, as_number
+from ._validation import as_flag, as_integer, as_number
 
 __all__ = [
-    "failed_body",
+    "INSUFFICIENT_CREDITS",
     "PROCESSING_MESSEGE",
     "UNAVAILABLE",
+    "UNFETCHABLE_IMAGE",
     "error",
+    "failed_body",
     "fault_response",
     "fetch_body",
     "gateway_page",
     "json_response",
     "meta_for",
     "processing_body",
+    "rate_limited",
     "success_body",
 ]
 
@@ -38,7 +41,10 @@ _TIP_1 = (
     "here is link for fetch api : https://docs.modelslab.com/enterprise-api/text-to-image/"
     "fetch-queue-image"
 )
-_RATE_LIMITED = "Rate limit exceeded. Maximum 5 queued requests allowed."
+_RATE_LIMITED = "Rate limit exceeded. Maximum {limit} queued requests allowed."
+_DOCS_QUEUE_LIMIT = 5
+UNFETCHABLE_IMAGE = "Unable to fetch image from provided URL"
+INSUFFICIENT_CREDITS = "Insufficient credits"
 _INTERNAL = "Internal server error. Please try again."
 UNAVAILABLE = "Service temporarily unavailable. Please try again later."
 _TRUNCATED = b'{"status": "success", "output": ['
@@ -60,6 +66,17 @@ def json_response(
         headers=headers,
         content_type="application/json",
     )
+
+
+def rate_limited(limit: int, retry_after: float) -> tuple[dict[str, Any], dict[str, str]]:
+    """Return the documented queue-limit body and its ``Retry-After`` header."""
+    number: float = int(retry_after) if float(retry_after).is_integer() else retry_after
+    body = {
+        "status": "error",
+        "message": _RATE_LIMITED.format(limit=limit),
+        "retry_after": number,
+    }
+    return body, {"Retry-After": str(math.ceil(retry_after))}
 
 
 def error(message: str, status: int = 200) -> web.Response:
@@ -87,10 +104,7 @@ def fault_response(fault: Fault) -> web.Response:
     """Return the answer of a fault that replaces the normal answer (not drop or slow)."""
     kind = fault.kind
     if kind == "rate_limit":
-        retry = fault.retry_after
-        number: float = int(retry) if float(retry).is_integer() else retry
-        headers = {"Retry-After": str(math.ceil(retry))}
-        body = {"status": "error", "message": _RATE_LIMITED, "retry_after": number}
+        body, headers = rate_limited(_DOCS_QUEUE_LIMIT, fault.retry_after)
         return json_response(body, 429, headers)
     if kind == "server_error":
         status = fault.status
@@ -113,7 +127,7 @@ def fault_response(fault: Fault) -> web.Response:
 def meta_for(body: Mapping[str, Any], seed: int, file_prefix: str, job_id: int) -> dict[str, Any]:
     """Return the ``meta`` object echoing an accepted request."""
     init_image = body["init_image"]
-    if body.get("base64") == "yes" and len(init_image) > _KEPT_CHARS:
+    if as_flag(body.get("base64")) and len(init_image) > _KEPT_CHARS:
         init_image = init_image[:_KEPT_CHARS]
 
     def text(name: str, default: str) -> Any:

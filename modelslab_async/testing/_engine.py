@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import attrs
 from aiohttp import web
 
 from modelslab_async._secrets import fingerprint
 
+from ._admin import ADMIN_ENDPOINTS, admin_answer, model_not_found
 from ._bodies import (
+    INSUFFICIENT_CREDITS,
     UNAVAILABLE,
+    UNFETCHABLE_IMAGE,
     error,
     failed_body,
     fault_response,
@@ -24,26 +27,36 @@ from ._bodies import (
     json_response,
     meta_for,
     processing_body,
+    rate_limited,
     success_body,
 )
+from ._control import add_control_routes
 from ._faults import Fault, FaultBook
 from ._jobs import FakeServerSpec, Job, JobBook, ServerSim
 from ._png import colour_for, png_bytes
 from ._records import Endpoint, RecordDraft, Recorder, safe_body
-from ._validation import as_integer, validate_submit
+from ._rules import Account, ImageSources
+from ._validation import as_flag, as_integer, validate_submit
+from ._variants import AnswerKind, Variants, shape
 
 __all__ = ["Engine"]
 
 _NOT_FOUND = "Request not found"
-_MODEL_COUNT = 3
 # Base64 init images make big bodies; aiohttp's default limit is 1 MiB.
 _MAX_BODY = 32 * 1024 * 1024
+_ADMIN_PATTERN = "|".join(ADMIN_ENDPOINTS)
 
 _Handler = Callable[[web.Request, RecordDraft], Awaitable[web.StreamResponse]]
+_Auth = tuple[dict[str, Any], str, ServerSim]
 
 
 class _DropConnectionError(Exception):
     """Raised inside a handler to close the connection without any answer."""
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Engine:
@@ -57,15 +70,25 @@ class Engine:
         api_prefix: str,
         max_records: int | None,
         seed: int | None,
+        queue_limit: int | None = None,
+        variants: int | None = None,
+        balance: int | None = None,
+        unreachable: Iterable[str] = (),
     ) -> None:
         self.servers = [ServerSim(spec, index) for index, spec in enumerate(specs)]
         self.by_name = {server.name: server for server in self.servers}
         self._by_key = {server.spec.key: server for server in self.servers}
         if len(self.by_name) != len(specs) or len(self._by_key) != len(specs):
             raise ValueError("server names and keys must be unique")
+        for server in self.servers:
+            if server.queue_limit is None:
+                server.queue_limit = queue_limit
         self.threshold = processing_threshold
         self.prefix = api_prefix
         self.rng = random.Random(seed)
+        self.variants = Variants(variants)
+        self.account = Account(balance)
+        self.sources = ImageSources(unreachable)
         self.jobs = JobBook()
         self.faults = FaultBook()
         self.recorder = Recorder(max_records)
@@ -77,38 +100,17 @@ class Engine:
     def build_app(self) -> web.Application:
         """Return the aiohttp application with every route of the fake."""
         app = web.Application(client_max_size=_MAX_BODY)
-        prefix = self.prefix
         router = app.router
-        router.add_post(f"{prefix}/img2img", self._submit_route)
-        router.add_post(f"{prefix}/images/img2img", self._submit_route)
-        router.add_post(f"{prefix}/fetch", self._fetch_route)
-        router.add_post(f"{prefix}/fetch/{{request_id}}", self._fetch_route)
-        router.add_post(f"{prefix}/images/fetch/{{request_id}}", self._fetch_route)
-        router.add_post(f"{prefix}/system_details", self._system_details_route)
+        for prefix in (self.prefix, f"{self.prefix}/images"):
+            router.add_post(f"{prefix}/img2img", self._submit_route)
+            router.add_post(f"{prefix}/fetch/{{request_id}}", self._fetch_route)
+            router.add_post(f"{prefix}/{{admin:{_ADMIN_PATTERN}}}", self._admin_route)
+        router.add_post(f"{self.prefix}/fetch", self._fetch_route)
         router.add_get("/generations/{name}.png", self._image_route)
-        router.add_get("/_fake/stats", self._stats_route)
-        router.add_post("/_fake/servers/{name}", self._control_route)
+        router.add_get("/generations/{name}.base64", self._image_route)
+        add_control_routes(router, self)
         router.add_route("*", "/{tail:.*}", self._other_route)
         return app
-
-    # Control (not part of the API: for tests that run the fake in another process) ----------
-
-    async def _stats_route(self, request: web.Request) -> web.StreamResponse:
-        now = self.clock()
-        return json_response([attrs.asdict(server.stats(now)) for server in self.servers])
-
-    async def _control_route(self, request: web.Request) -> web.StreamResponse:
-        server = self.by_name.get(request.match_info["name"])
-        if server is None:
-            return json_response({"status": "error", "message": "no such server"}, 404)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("down"), bool):
-            return json_response({"status": "error", "message": 'send {"down": true|false}'}, 400)
-        server.down = body["down"]
-        return json_response({"status": "ok", "server": server.name, "down": server.down})
 
     # Route entry points -------------------------------------------------------------------
 
@@ -118,8 +120,10 @@ class Engine:
     async def _fetch_route(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "fetch", self._fetch)
 
-    async def _system_details_route(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, "system_details", self._system_details)
+    async def _admin_route(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["admin"]
+        endpoint: Endpoint = "system_details" if name == "system_details" else "admin"
+        return await self._serve(request, endpoint, self._admin)
 
     async def _image_route(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "image", self._image)
@@ -149,35 +153,60 @@ class Engine:
 
     # Shared steps -------------------------------------------------------------------------
 
-    async def _authenticate(
-        self, request: web.Request, draft: RecordDraft
-    ) -> tuple[dict[str, Any], str, ServerSim] | web.Response:
+    def _answer(
+        self,
+        draft: RecordDraft,
+        kind: AnswerKind | None,
+        body: dict[str, Any],
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        """Answer ``body``, in a shape drawn from the response variants when they are on."""
+        if kind is not None and self.variants:
+            chosen = self.variants.draw(kind)
+            status = shape(body, status, chosen)
+            draft.variants = tuple(f"{axis}={value}" for axis, value in chosen.items())
+        return json_response(body, status, headers)
+
+    def _reject(self, draft: RecordDraft, message: str) -> web.Response:
+        """Answer a request the API refuses for its content (a validation message...)."""
+        return self._answer(draft, "request_error", {"status": "error", "message": message})
+
+    async def _authenticate(self, request: web.Request, draft: RecordDraft) -> _Auth | web.Response:
         raw = await request.read()
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            return error("Invalid JSON body. Send a JSON object.")
+            return self._reject(draft, "Invalid JSON body. Send a JSON object.")
         if self._recording:
             draft.body = safe_body(body)
         key = body.get("key")
         if key is None or key == "":
-            return error("The key field is required.", 401)
+            return self._answer(
+                draft, "error", {"status": "error", "message": "The key field is required."}, 401
+            )
         server = self._by_key.get(key) if isinstance(key, str) else None
         if server is None:
             draft.key_fingerprint = fingerprint(str(key))
-            return error("Invalid API key", 401)
+            return self._answer(
+                draft, "error", {"status": "error", "message": "Invalid API key"}, 401
+            )
         draft.key_fingerprint = server.key_fingerprint
         return body, key, server
 
-    def _balance(self) -> ServerSim | None:
+    def _pick_server(self, model_id: Any) -> ServerSim | None:
+        """The least loaded server that is up, preferring those that have ``model_id``."""
         now = self.clock()
         best: ServerSim | None = None
-        best_load = float("inf")
+        best_rank = (True, float("inf"))
         for server in self.servers:
-            if not server.down and (load := server.load(now)) < best_load:
-                best, best_load = server, load
+            if server.down:
+                continue
+            rank = (model_id not in server.spec.models, server.load(now))
+            if rank < best_rank:
+                best, best_rank = server, rank
         return best
 
     def _pick_fault(
@@ -209,7 +238,41 @@ class Engine:
 
     def _urls(self, job: Job) -> list[str]:
         base = f"{self.root_url}/generations/{job.file_prefix}-"
-        return [f"{base}{index}.png" for index in range(job.samples)]
+        suffix = "base64" if job.base64 else "png"
+        return [f"{base}{index}.{suffix}" for index in range(job.samples)]
+
+    def _refusal(
+        self, draft: RecordDraft, body: dict[str, Any], target: ServerSim
+    ) -> web.Response | None:
+        """The documented refusal of a valid body by this server or account, if any."""
+        model_id = body["model_id"]
+        if model_id not in target.spec.models:
+            return self._answer(draft, "request_error", model_not_found(model_id))
+        image = body["init_image"]
+        if not as_flag(body.get("base64")) and not self.sources.reachable(image):
+            return self._reject(draft, UNFETCHABLE_IMAGE)
+        now = self.clock()
+        limit = target.queue_limit
+        if limit is not None and target.slot_wait(now) and target.queued(now) >= limit:
+            wait = target.next_start(now) or target.slot_wait(now)
+            answer, headers = rate_limited(limit, round(max(wait, 0.01), 2))
+            return self._answer(draft, "error", answer, 429, headers)
+        if not self.account.charge(as_integer(body.get("samples")) or 1):
+            error_body = {"status": "error", "message": INSUFFICIENT_CREDITS}
+            return self._answer(draft, "error", error_body, 402)
+        return None
+
+    async def _hold(self, job: Job, wait: float) -> None:
+        """Hold the submit until the job ends (earlier if ``clear_queue`` cuts it short)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        job.waiter = waiter
+        handle = loop.call_later(wait, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            job.waiter = None
 
     # Handlers -----------------------------------------------------------------------------
 
@@ -218,9 +281,9 @@ class Engine:
         if isinstance(auth, web.Response):
             return auth
         body, key, keyed = auth
-        balanced = keyed.index == 0 and body.get("loadbalancer") != "no"
+        balanced = keyed.index == 0 and as_flag(body.get("loadbalancer")) is not False
         draft.balanced = balanced
-        target = self._balance() if balanced else keyed
+        target = self._pick_server(body.get("model_id")) if balanced else keyed
         if target is None:
             return error(UNAVAILABLE, 503)
         draft.server = target.name
@@ -233,11 +296,20 @@ class Engine:
             return answer
         message = validate_submit(body)
         if message is not None:
-            return error(message)
+            return self._reject(draft, message)
+        refusal = self._refusal(draft, body, target)
+        if refusal is not None:
+            return refusal
         now = self.clock()
         samples = as_integer(body.get("samples")) or 1
         job = self.jobs.create(
-            target, key, balanced=balanced, now=now, samples=samples, rng=self.rng
+            target,
+            key,
+            balanced=balanced,
+            now=now,
+            samples=samples,
+            rng=self.rng,
+            base64=bool(as_flag(body.get("base64"))),
         )
         draft.request_id = str(job.id)
         if fault is not None and fault.kind == "fail":
@@ -251,13 +323,14 @@ class Engine:
         urls = self._urls(job)
         wait = job.finish - now
         if wait > self.threshold:
-            return json_response(processing_body(job, urls, meta, wait, self.base_url))
+            processing = processing_body(job, urls, meta, wait, self.base_url)
+            return self._answer(draft, "processing", processing)
         if wait > 0:
             # The GPU keeps working if the client leaves: the job is already scheduled.
-            await asyncio.sleep(wait)
+            await self._hold(job, wait)
         if job.failure is not None:
-            return json_response(failed_body(job))
-        return json_response(success_body(job, urls, meta))
+            return self._answer(draft, "failed", failed_body(job))
+        return self._answer(draft, "success", success_body(job, urls, meta))
 
     async def _fetch(self, request: web.Request, draft: RecordDraft) -> web.StreamResponse:
         auth = await self._authenticate(request, draft)
@@ -266,7 +339,7 @@ class Engine:
         body, key, keyed = auth
         request_id = request.match_info.get("request_id", body.get("request_id"))
         if request_id is None or request_id == "":
-            return error("The request id field is required.")
+            return self._reject(draft, "The request id field is required.")
         draft.request_id = str(request_id)
         job = self.jobs.get(request_id)
         if job is not None and job.key != key:
@@ -275,7 +348,7 @@ class Engine:
         if job is not None:
             target, balanced = job.server, job.balanced
         else:
-            balanced = keyed.index == 0 and body.get("loadbalancer") != "no"
+            balanced = keyed.index == 0 and as_flag(body.get("loadbalancer")) is not False
             target = None if balanced else keyed
         draft.balanced = balanced
         if target is not None:
@@ -288,25 +361,25 @@ class Engine:
         if answer is not None:
             return answer
         if job is None:
-            return error(_NOT_FOUND)
-        return json_response(fetch_body(job, self._urls(job), self.clock()))
+            return self._reject(draft, _NOT_FOUND)
+        fetched = fetch_body(job, self._urls(job), self.clock())
+        return self._answer(draft, "failed" if fetched["status"] == "failed" else "fetch", fetched)
 
-    async def _system_details(self, request: web.Request, draft: RecordDraft) -> web.StreamResponse:
+    async def _admin(self, request: web.Request, draft: RecordDraft) -> web.StreamResponse:
         auth = await self._authenticate(request, draft)
         if isinstance(auth, web.Response):
             return auth
-        server = auth[2]
+        body, _, server = auth
         draft.server = server.name
         if server.down:
             return gateway_page(502)
-        fault = self._pick_fault("system_details", server.name, False, draft)
+        fault = self._pick_fault("admin", server.name, False, draft)
         answer = await self._apply_fault(fault)
         if answer is not None:
             return answer
-        queue_time = round(server.queue_time(self.clock()), 3)
-        return json_response(
-            {"model_count": _MODEL_COUNT, "queue_time": queue_time, "status": "ok"}
-        )
+        name = request.match_info["admin"]
+        result, kind = admin_answer(name, body, server, self.jobs, self.clock())
+        return self._answer(draft, kind, result)
 
     async def _image(self, request: web.Request, draft: RecordDraft) -> web.StreamResponse:
         found = self.jobs.by_file(request.match_info["name"])
@@ -318,9 +391,15 @@ class Engine:
         answer = await self._apply_fault(fault)
         if answer is not None:
             return answer
-        if job is None or job.failure is not None or not job.is_done(self.clock()):
+        as_text = request.path.endswith(".base64")
+        if job is None or job.base64 != as_text or job.failure is not None:
             return web.Response(status=404, text="404: Not Found")
-        return web.Response(body=png_bytes(colour_for(job.id, index)), content_type="image/png")
+        if not job.is_done(self.clock()):
+            return web.Response(status=404, text="404: Not Found")
+        png = png_bytes(colour_for(job.id, index))
+        if as_text:
+            return web.Response(text=base64.b64encode(png).decode("ascii"))
+        return web.Response(body=png, content_type="image/png")
 
     async def _other(self, request: web.Request, draft: RecordDraft) -> web.StreamResponse:
         fault = self._pick_fault("other", None, False, draft)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -14,6 +14,7 @@ from ._engine import Engine
 from ._faults import Fault
 from ._jobs import FakeServerSpec, FakeServerStats
 from ._records import ReceivedRequest
+from ._rules import check_balance
 
 __all__ = ["FakeModelsLab"]
 
@@ -40,7 +41,10 @@ class FakeModelsLab:
     held open and answered ``success``; later ones are answered ``processing`` with an
     ``eta`` and are fetched later. Requests with the first server's key are spread over the
     servers that are up, as the documented load balancer does. Faults can be injected and
-    servers taken down. Every request is recorded in `received`, without its key.
+    servers taken down. Servers have a model list, queues can be limited, the account can run
+    out of credits and image URLs can be declared unreachable, each answered with the
+    documented error. ``variants`` draws each answer among the documented response shapes.
+    Every request is recorded in `received`, without its key.
 
     Use it as an async context manager::
 
@@ -58,6 +62,10 @@ class FakeModelsLab:
         api_prefix: str = "/api/v1/enterprise",
         max_records: int | None = 100_000,
         seed: int | None = None,
+        queue_limit: int | None = None,
+        variants: int | None = None,
+        balance: int | None = None,
+        unreachable: Iterable[str] = (),
     ) -> None:
         """Configure the fake; nothing listens before `start`.
 
@@ -72,12 +80,27 @@ class FakeModelsLab:
             max_records: How many `ReceivedRequest` records to keep (oldest dropped);
                 None keeps all, 0 none.
             seed: Seed of the random generator (jitter, seeds, file names, fault draws).
+            queue_limit: How many jobs may wait for a slot on each server whose spec sets
+                no ``queue_limit``; further submits get the documented 429 with
+                ``retry_after``. None: unlimited.
+            variants: Seed of the response variants: each answer is drawn among the
+                documented shapes (``message``/``messege``, string ids, ``output: ""``...).
+                None: always the same shapes.
+            balance: The account's balance in images; a submit needing more is answered
+                HTTP 402 "Insufficient credits". None: unlimited.
+            unreachable: Hosts (with their subdomains) and URL prefixes whose images "cannot
+                be fetched"; hosts under ``.invalid`` never can. Nothing is ever downloaded.
+
+        .. versionchanged:: 0.1.0
+           ``queue_limit``, ``variants``, ``balance`` and ``unreachable``.
         """
         specs = _default_specs(servers) if isinstance(servers, int) else list(servers)
         if not specs:
             raise ValueError("at least one server is needed")
         if not (processing_threshold >= 0 and math.isfinite(processing_threshold)):
             raise ValueError(f"processing_threshold must be >= 0, got {processing_threshold!r}")
+        if queue_limit is not None and queue_limit < 0:
+            raise ValueError(f"queue_limit must be None or >= 0, got {queue_limit!r}")
         self._specs = specs
         self._host = host
         self._port = port
@@ -87,6 +110,10 @@ class FakeModelsLab:
             api_prefix=_normalise_prefix(api_prefix),
             max_records=max_records,
             seed=seed,
+            queue_limit=queue_limit,
+            variants=variants,
+            balance=check_balance(balance),
+            unreachable=unreachable,
         )
         self._runner: web.AppRunner | None = None
 
@@ -227,3 +254,42 @@ class FakeModelsLab:
             self._engine.by_name[name].down = down
         except KeyError:
             raise KeyError(f"no fake server named {name!r}") from None
+
+    def set_queue_limit(self, name: str, limit: int | None) -> None:
+        """Limit how many jobs may wait for a slot on a server (None: unlimited).
+
+        Args:
+            name: The server's name.
+            limit: The limit.
+
+        Raises:
+            KeyError: If there is no server with that name.
+            ValueError: If the limit is negative.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError(f"queue_limit must be None or >= 0, got {limit!r}")
+        try:
+            self._engine.by_name[name].queue_limit = limit
+        except KeyError:
+            raise KeyError(f"no fake server named {name!r}") from None
+
+    @property
+    def balance(self) -> int | None:
+        """The account's remaining balance in images; None is unlimited. Settable."""
+        return self._engine.account.balance
+
+    @balance.setter
+    def balance(self, value: int | None) -> None:
+        self._engine.account.balance = check_balance(value)
+
+    def add_unreachable(self, source: str) -> None:
+        """Declare a host (with its subdomains) or a URL prefix unreachable for ``init_image``.
+
+        Args:
+            source: ``cdn.example.com`` or ``https://example.com/private/``.
+        """
+        self._engine.sources.add(source)
+
+    def clear_unreachable(self) -> None:
+        """Forget the declared hosts and prefixes (``.invalid`` hosts stay unreachable)."""
+        self._engine.sources.clear()

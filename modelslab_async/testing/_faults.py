@@ -12,7 +12,7 @@ __all__ = ["Fault", "FaultBook", "FaultEndpoint", "FaultKind"]
 FaultKind = Literal[
     "rate_limit", "server_error", "drop", "slow", "malformed", "error_200", "busy", "fail"
 ]
-FaultEndpoint = Literal["submit", "fetch", "image", "any"]
+FaultEndpoint = Literal["submit", "fetch", "admin", "image", "any"]
 
 _KINDS = frozenset(get_args(FaultKind))
 _ENDPOINTS = frozenset(get_args(FaultEndpoint))
@@ -56,7 +56,8 @@ class Fault:
             ``failed`` with ``message``, as a GPU fault or a rejected image would end it).
         route: A server name, ``"balancer"`` (requests with the first key spread by the load
             balancer), or None for any request.
-        endpoint: ``"submit"``, ``"fetch"``, ``"image"`` (``GET /generations/...``) or ``"any"``.
+        endpoint: ``"submit"``, ``"fetch"``, ``"admin"`` (``system_details``, ``clear_queue``
+            and the other server endpoints), ``"image"`` (``GET /generations/...``) or ``"any"``.
         count: How many times the fault fires; None means without limit.
         probability: The chance that a matching request is hit (drawn from the fake's seeded
             random generator).

@@ -11,7 +11,7 @@ from modelslab_async._secrets import redact_body
 
 __all__ = ["Endpoint", "ReceivedRequest", "RecordDraft", "Recorder", "safe_body"]
 
-Endpoint = Literal["submit", "fetch", "system_details", "image", "other"]
+Endpoint = Literal["submit", "fetch", "system_details", "admin", "image", "other"]
 
 # Long strings that are not URLs (base64 images) are cut to this many characters.
 _KEPT_CHARS = 64
@@ -26,7 +26,8 @@ class ReceivedRequest:
         at: Loop time of arrival.
         method: HTTP method.
         path: URL path.
-        endpoint: ``"submit"``, ``"fetch"``, ``"system_details"``, ``"image"`` or ``"other"``.
+        endpoint: ``"submit"``, ``"fetch"``, ``"system_details"``, ``"admin"`` (the other server
+            endpoints: ``clear_queue``, ``schedulers_list``...), ``"image"`` or ``"other"``.
         key_fingerprint: Fingerprint of the key in the body, if there was one.
         server: Name of the server the request was routed to, if any.
         balanced: Whether it arrived with the first key and the load balancer spread it.
@@ -34,6 +35,8 @@ class ReceivedRequest:
         status: HTTP status answered; 0 when the connection was dropped.
         fault: The kind of the fault applied, if any.
         request_id: The id of the job created or fetched, if any.
+        variants: The response variants drawn for the answer (``"id_type=str"``...), when
+            the fake runs with ``variants``.
     """
 
     at: float
@@ -47,6 +50,7 @@ class ReceivedRequest:
     status: int
     fault: str | None
     request_id: str | None
+    variants: tuple[str, ...] = ()
 
 
 @attrs.define(slots=True)
@@ -64,6 +68,7 @@ class RecordDraft:
     status: int = 0
     fault: str | None = None
     request_id: str | None = None
+    variants: tuple[str, ...] = ()
 
     def freeze(self) -> ReceivedRequest:
         """Return the finished, immutable record."""
@@ -79,6 +84,7 @@ class RecordDraft:
             status=self.status,
             fault=self.fault,
             request_id=self.request_id,
+            variants=self.variants,
         )
 
 

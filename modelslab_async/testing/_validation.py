@@ -16,38 +16,52 @@ from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
+    "ALGORITHM_TYPES",
+    "IP_ADAPTER_IDS",
     "SAFETY_CHECKER_TYPES",
     "SCHEDULERS",
+    "SCHEDULER_NAMES",
     "STEPS",
     "YES_NO_FLAGS",
+    "as_flag",
     "as_integer",
     "as_number",
     "validate_submit",
 ]
 
-SCHEDULERS = frozenset(
+#: The 18 documented schedulers, in the docs' order.
+SCHEDULER_NAMES = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "DPMSolverSinglestepScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "UniPCMultistepScheduler",
+    "DDIMInverseScheduler",
+    "DEISMultistepScheduler",
+    "IPNDMScheduler",
+    "KarrasVeScheduler",
+    "ScoreSdeVeScheduler",
+    "LCMScheduler",
+)
+SCHEDULERS = frozenset(SCHEDULER_NAMES)
+SAFETY_CHECKER_TYPES = frozenset({"blur", "sensitive_content_text", "pixelate", "black"})
+ALGORITHM_TYPES = frozenset({"dpmsolver+++"})
+IP_ADAPTER_IDS = frozenset(
     {
-        "DDPMScheduler",
-        "DDIMScheduler",
-        "PNDMScheduler",
-        "LMSDiscreteScheduler",
-        "EulerDiscreteScheduler",
-        "EulerAncestralDiscreteScheduler",
-        "DPMSolverMultistepScheduler",
-        "HeunDiscreteScheduler",
-        "KDPM2DiscreteScheduler",
-        "DPMSolverSinglestepScheduler",
-        "KDPM2AncestralDiscreteScheduler",
-        "UniPCMultistepScheduler",
-        "DDIMInverseScheduler",
-        "DEISMultistepScheduler",
-        "IPNDMScheduler",
-        "KarrasVeScheduler",
-        "ScoreSdeVeScheduler",
-        "LCMScheduler",
+        "ip-adapter_sdxl",
+        "ip-adapter_sd15",
+        "ip-adapter-plus-face_sd15",
+        "ip-adapter-plus_sdxl_vit-h",
+        "ip-adapter-plus-face_sdxl_vit-h",
     }
 )
-SAFETY_CHECKER_TYPES = frozenset({"blur", "sensitive_content_text", "pixelate", "black"})
 STEPS = frozenset({21, 31, 41})
 YES_NO_FLAGS = (
     "safety_checker",
@@ -59,6 +73,11 @@ YES_NO_FLAGS = (
     "loadbalancer",
 )
 _REQUIRED = ("model_id", "prompt", "init_image")
+_TEXT_FIELDS = ("negative_prompt", "vae", "lora_model", "track_id")
+_URL_FIELDS = ("webhook", "ip_adapter_image")
+# The docs write "yes"/"no"; any case and true/false (as the realtime API sends) are accepted.
+_YES = frozenset({"yes", "true", "1"})
+_NO = frozenset({"no", "false", "0"})
 _MAX_SIDE = 1024
 _NUMERIC = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
 _DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,")
@@ -80,6 +99,19 @@ def as_number(value: Any) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
+
+
+def as_flag(value: Any) -> bool | None:
+    """Return a yes/no flag as a bool (``"yes"``, ``"YES"``, ``"true"``, true...), else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in _YES:
+            return True
+        if lowered in _NO:
+            return False
+    return None
 
 
 def as_integer(value: Any) -> int | None:
@@ -116,18 +148,22 @@ def _check_range(field: str, value: Any, *, low: float, high: float, integer: bo
     return None
 
 
+def _is_url(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in {"http", "https"} and bool(parts.netloc)
+
+
 def _check_init_image(value: str, base64_flag: Any) -> str | None:
-    if base64_flag == "yes":
+    if as_flag(base64_flag):
         data = _DATA_URI.sub("", value, count=1)
         try:
             decoded = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             decoded = b""
         return None if decoded else "The init image must be a valid base64 string."
-    parts = urlsplit(value)
-    if parts.scheme in {"http", "https"} and parts.netloc:
-        return None
-    return "The init image must be a valid URL."
+    return None if _is_url(value) else "The init image must be a valid URL."
 
 
 def _check_steps(value: Any) -> str | None:
@@ -142,13 +178,33 @@ def _check_in(field: str, value: Any, allowed: frozenset[str]) -> str | None:
     return f"The selected {_label(field)} is invalid."
 
 
+def _check_flag(field: str, value: Any) -> str | None:
+    return None if as_flag(value) is not None else f"The selected {_label(field)} is invalid."
+
+
+def _check_text(field: str, value: Any) -> str | None:
+    return None if isinstance(value, str) else f"The {_label(field)} must be a string."
+
+
+def _check_url(field: str, value: Any) -> str | None:
+    return None if _is_url(value) else f"The {_label(field)} must be a valid URL."
+
+
+def _check_lora_strength(value: Any) -> str | None:
+    parts = value.split(",") if isinstance(value, str) else [value]
+    for part in parts:
+        number = as_number(part)
+        if number is None or not 0.1 <= number <= 1:
+            return "The lora strength must be between 0.1 and 1."
+    return None
+
+
 def _check_seed(value: Any) -> str | None:
     seed = as_integer(value)
     return None if seed is not None and seed >= 0 else "The seed must be an integer."
 
 
 _Check = Callable[[Any], str | None]
-_YES_NO = frozenset({"yes", "no"})
 _CHECKS: tuple[tuple[str, _Check], ...] = (
     ("width", partial(_check_side, "width")),
     ("height", partial(_check_side, "height")),
@@ -162,7 +218,13 @@ _CHECKS: tuple[tuple[str, _Check], ...] = (
         "safety_checker_type",
         partial(_check_in, "safety_checker_type", allowed=SAFETY_CHECKER_TYPES),
     ),
-    *((flag, partial(_check_in, flag, allowed=_YES_NO)) for flag in YES_NO_FLAGS),
+    ("algorithm_type", partial(_check_in, "algorithm_type", allowed=ALGORITHM_TYPES)),
+    ("lora_strength", _check_lora_strength),
+    ("ip_adapter_id", partial(_check_in, "ip_adapter_id", allowed=IP_ADAPTER_IDS)),
+    ("ip_adapter_scale", partial(_check_range, "ip_adapter_scale", low=0, high=1, integer=False)),
+    *((flag, partial(_check_flag, flag)) for flag in YES_NO_FLAGS),
+    *((field, partial(_check_text, field)) for field in _TEXT_FIELDS),
+    *((field, partial(_check_url, field)) for field in _URL_FIELDS),
 )
 
 
