@@ -214,7 +214,7 @@ def processing_body(
 
 def failed_body(job: Job) -> dict[str, Any]:
     """Return the answer for a job that ended failed (the webhook docs' ``failed`` form)."""
-    return {"status": "failed", "id": job.id, "message": job.failure, "output": []}
+    return {"status": "failed", "id": job.id, "message": job.failure}
 
 
 def fetch_body(job: Job, urls: list[str], now: float) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Contract-test helpers and fixtures: the docs' own examples and a standalone fake runner."""
