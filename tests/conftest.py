@@ -11,6 +11,13 @@ from modelslab_async import Client, Img2ImgRequest, RetryPolicy, ServerPool, Tim
 from modelslab_async.testing import MockTransport
 
 from ._helpers import FAST_HEALTH, FAST_POLL, KEYS, make_request
+from ._redis_server import (  # noqa: F401  (the Redis fixtures)
+    make_backend,
+    raw_redis,
+    redis_api,
+    redis_server,
+    spare_redis,
+)
 
 
 @pytest.fixture
