@@ -54,11 +54,6 @@ class _DropConnectionError(Exception):
     """Raised inside a handler to close the connection without any answer."""
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 class Engine:
     """The state of a fake ModelsLab deployment and the handlers that serve it."""
 
@@ -262,18 +257,6 @@ class Engine:
             return self._answer(draft, "error", error_body, 402)
         return None
 
-    async def _hold(self, job: Job, wait: float) -> None:
-        """Hold the submit until the job ends (earlier if ``clear_queue`` cuts it short)."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        job.waiter = waiter
-        handle = loop.call_later(wait, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            handle.cancel()
-            job.waiter = None
-
     # Handlers -----------------------------------------------------------------------------
 
     async def _submit(self, request: web.Request, draft: RecordDraft) -> web.StreamResponse:
@@ -327,7 +310,7 @@ class Engine:
             return self._answer(draft, "processing", processing)
         if wait > 0:
             # The GPU keeps working if the client leaves: the job is already scheduled.
-            await self._hold(job, wait)
+            await job.hold(wait)
         if job.failure is not None:
             return self._answer(draft, "failed", failed_body(job))
         return self._answer(draft, "success", success_body(job, urls, meta))

@@ -126,6 +126,11 @@ class FakeServerStats:
     cleared: int = 0
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @attrs.define(slots=True, eq=False)
 class Job:
     """One accepted generation job."""
@@ -147,12 +152,24 @@ class Job:
         """Return whether the job has finished at loop time ``now``."""
         return self.finish <= now + _EPS
 
+    async def hold(self, wait: float) -> None:
+        """Wait ``wait`` seconds for the job to end, or less if `end_now` cuts it short."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.waiter = waiter
+        handle = loop.call_later(wait, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self.waiter = None
+
     def end_now(self, now: float, failure: str) -> None:
         """Fail the job at ``now`` and wake the submit held for it, if any."""
         self.failure = failure
         self.finish = min(self.finish, now)
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+        if self.waiter is not None:
+            _wake(self.waiter)
 
 
 class ServerSim:
