@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RedisServer",
     "make_backend",
+    "pytest_runtest_makereport",
     "raw_redis",
     "redis_api",
     "redis_server",
@@ -133,6 +134,16 @@ def redis_server_executable() -> str:
             pytest.fail("CI=true but redis-server is not installed: .ci/run installs it")
         pytest.skip(MISSING)
     return executable
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Report every "no redis-server" skip from one place, so ``-ra`` folds them into one line."""
+    report = yield
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and MISSING in str(longrepr[2]):
+        report.longrepr = (__file__, None, longrepr[2])
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from modelslab_async.testing import MockTransport
 from ._helpers import FAST_HEALTH, FAST_POLL, KEYS, make_request
 from ._redis_server import (  # noqa: F401  (the Redis fixtures)
     make_backend,
+    pytest_runtest_makereport,
     raw_redis,
     redis_api,
     redis_server,
