@@ -5,14 +5,15 @@ load-balancing pool of enterprise servers, retries, polling and streaming batche
 
 from __future__ import annotations
 
-from typing import Any
+import importlib.metadata as _metadata
 
 from ._client import Client
 from ._config import DEFAULT_BASE_URL, Endpoints, PollPolicy, Timeouts
 from ._converter import request_from_wire, request_to_wire
-from ._dispatch import BatchProgress, Dispatcher, Job, JobOutcome
+from ._dispatch import BatchProgress, Dispatcher, Job, JobClient, JobOutcome
 from ._errors import (
     APIError,
+    Attempt,
     AuthenticationError,
     ConnectError,
     InvalidRequestError,
@@ -22,6 +23,7 @@ from ._errors import (
     NoServerAvailableError,
     RateLimitError,
     ReadError,
+    RedirectError,
     ResponseFormatError,
     ServerBusyError,
     ServerError,
@@ -30,7 +32,6 @@ from ._errors import (
 from ._events import EventKind, JobEvent, JobEventHandler
 from ._health import HealthPolicy
 from ._models import (
-    Attempt,
     ImageResult,
     Img2ImgRequest,
     JobStatus,
@@ -62,6 +63,7 @@ __all__ = [
     "Img2ImgRequest",
     "InvalidRequestError",
     "Job",
+    "JobClient",
     "JobEvent",
     "JobEventHandler",
     "JobFailedError",
@@ -74,6 +76,7 @@ __all__ = [
     "RateLimitError",
     "RawResponse",
     "ReadError",
+    "RedirectError",
     "request_from_wire",
     "request_to_wire",
     "ResponseFormatError",
@@ -93,9 +96,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "__version__":
-        from importlib.metadata import version  # noqa: PLC0415 - only when asked
-
-        return version("modelslab-async")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+try:
+    __version__ = _metadata.version("modelslab-async")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

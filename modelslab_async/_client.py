@@ -5,30 +5,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
+from ._call import Wire
 from ._config import DEFAULT, DEFAULT_BASE_URL, Default, Endpoints, PollPolicy, Timeouts
 from ._converter import request_to_wire
+from ._decisions import judge
+from ._dispatch import Dispatcher, Job, JobOutcome
 from ._errors import InvalidRequestError, JobFailedError, ModelsLabError, ReadError
 from ._events import JobEventHandler
-from ._job import JobRunner, Wire
+from ._job import JobRunner
 from ._models import ImageResult, Img2ImgRequest, JobStatus, SystemDetails
-from ._pool import ServerPool
+from ._pool import ServerPool, route_of, scheduler_of
 from ._responses import classify_plain
 from ._retry import RetryPolicy
-from ._server import Server
-from ._transport import AiohttpTransport, RawResponse, Transport
-
-if TYPE_CHECKING:
-    from ._dispatch import BatchProgress, Job, JobOutcome
+from ._server import Route, Server
+from ._transport import AiohttpTransport, RawResponse, Transport, connection_limit
 
 __all__ = ["Client"]
 
 logger = logging.getLogger("modelslab_async")
+
+# track_ids: unique per job, across processes (a random prefix) and within one (a counter).
+_TRACK_PREFIX = f"mla-{secrets.token_hex(5)}-"
+_track_numbers = itertools.count(1)
+
+
+def _new_track_id() -> str:
+    return f"{_TRACK_PREFIX}{next(_track_numbers):x}"
 
 
 class _State(enum.Enum):
@@ -71,8 +81,9 @@ class Client:
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
         self._transport: Transport = transport or AiohttpTransport(
-            connect_timeout=self.timeouts.connect, limit=max(100, 2 * self.pool.capacity + 8)
+            connect_timeout=self.timeouts.connect, limit=connection_limit(self.pool.capacity)
         )
+        self._scheduler = scheduler_of(self.pool)
         self._wire = Wire(
             self._transport, base_url.rstrip("/"), endpoints or Endpoints(), self.timeouts
         )
@@ -130,20 +141,26 @@ class Client:
         *,
         timeout: float | Default | None = DEFAULT,
         on_event: JobEventHandler | None = None,
+        priority: int = 0,
     ) -> ImageResult:
         """
         Run one img2img job to its end and return its images.
 
         Submits the job (retrying and rerouting as the policy allows), and when the server
-        answers ``processing`` polls the fetch endpoint with the key that submitted it.
+        answers ``processing`` polls the fetch endpoint with the key that submitted it. The job
+        goes out with a ``track_id`` unique to it (the request's own, if it sets one), found
+        again on the result, its events and its error.
 
         Args:
             request: The job.
             timeout: Deadline for the whole job, in seconds (default: ``timeouts.job``).
             on_event: Receives progress events.
+            priority: Higher numbers get a slot first when the pool is full (FIFO within a
+                priority; see :class:`ServerPool` for the guard against starvation).
 
         Raises:
-            InvalidRequestError: ``request`` is not an :class:`Img2ImgRequest`.
+            InvalidRequestError: ``request`` is not an :class:`Img2ImgRequest`, or its local
+                ``init_image`` file cannot be read.
             ModelsLabError: Any other failure; the error's ``attempts`` tell what was tried.
         """
         self._check_open()
@@ -151,16 +168,15 @@ class Client:
             raise InvalidRequestError(
                 "request", f"expected an Img2ImgRequest, got {type(request).__name__}"
             )
-        return await self._submit(request, self._job_timeout(timeout), on_event)
+        _check_priority(priority)
+        body = await self._wire_body(request)
+        track_id = request.track_id or _new_track_id()
+        body["track_id"] = track_id
+        runner = self._runner(self._job_timeout(timeout), on_event, priority, track_id)
+        return await runner.submit(body)
 
-    async def wire_body(self, request: Img2ImgRequest) -> dict[str, Any]:
-        """
-        The JSON body for ``request`` without the key (a local file is read off the loop).
-
-        Raises:
-            InvalidRequestError: The local ``init_image`` file can no longer be read.
-        """
-        self._check_open()
+    async def _wire_body(self, request: Img2ImgRequest) -> dict[str, Any]:
+        """The JSON body for ``request`` without the key (a local file is read off the loop)."""
         image = request.init_image
         if not isinstance(image, Path):
             return request_to_wire(request)
@@ -178,6 +194,7 @@ class Client:
         server: str | None = None,
         timeout: float | Default | None = DEFAULT,
         on_event: JobEventHandler | None = None,
+        priority: int = 0,
     ) -> ImageResult:
         """
         Collect a job accepted earlier, polling until it ends.
@@ -188,19 +205,21 @@ class Client:
                 server, or the first-server path). Fetches must use the submitting key.
             timeout: Deadline in seconds (default: ``timeouts.job``).
             on_event: Receives progress events.
+            priority: Higher numbers get a slot on that server first.
         """
         self._check_open()
-        route = self.pool.route(server)
-        runner = self._runner(self._job_timeout(timeout), on_event)
+        _check_priority(priority)
+        route = route_of(self.pool, server)
+        runner = self._runner(self._job_timeout(timeout), on_event, priority, None)
         return await runner.collect(route, str(request_id))
 
     async def fetch_once(self, request_id: str | int, *, server: str | None = None) -> JobStatus:
         """Ask once about a job accepted earlier: done (with its result) or still processing."""
         self._check_open()
-        route = self.pool.route(server)
+        route = route_of(self.pool, server)
         path, fields = self._wire.endpoints.fetch_call(str(request_id))
-        answer = await self._call_once(route.name, path, fields)
-        runner = self._runner(None, None)
+        answer = await self._call_once(route, path, fields)
+        runner = self._runner(None, None, 0, None)
         if answer.status == "success" and (answer.output or answer.proxy_links):
             return JobStatus(
                 request_id=str(request_id), done=True, result=runner.result(route, answer)
@@ -214,7 +233,7 @@ class Client:
     async def system_details(self, server: str | None = None) -> SystemDetails:
         """Ask a server about itself (``system_details``): status, queue time, models."""
         self._check_open()
-        route = self.pool.route(server)
+        route = route_of(self.pool, server)
         body = {"key": route.key}
         async with self._bounded(self.timeouts.fetch_read, route.name):
             raw = await self._transport.post_json(
@@ -248,20 +267,20 @@ class Client:
         ordered: bool = False,
         job_timeout: float | Default | None = DEFAULT,
         on_event: JobEventHandler | None = None,
+        priority: int = 0,
     ) -> AsyncGenerator[JobOutcome, None]:
         """
         Run many jobs, yielding one :class:`JobOutcome` each: short for
         ``Dispatcher(client, ...).run(jobs)``. Wrap in ``contextlib.aclosing`` when you may
         stop early, so that the jobs in flight are cancelled at once.
         """
-        from ._dispatch import Dispatcher  # noqa: PLC0415 - _dispatch imports this module
-
         dispatcher = Dispatcher(
             self,
             concurrency=concurrency,
             ordered=ordered,
-            job_timeout=self._job_timeout(job_timeout),
+            job_timeout=job_timeout,
             on_event=on_event,
+            priority=priority,
         )
         return dispatcher.run(jobs)
 
@@ -274,54 +293,62 @@ class Client:
         self,
         timeout: float | None,
         on_event: JobEventHandler | None,
-        *,
-        job_id: str | None = None,
-        index: int | None = None,
-        progress: BatchProgress | None = None,
+        priority: int,
+        track_id: str | None,
     ) -> JobRunner:
         return JobRunner(
             self._wire,
-            self.pool,
+            self._scheduler,
             retry=self.retry,
             poll=self.poll,
             timeout=timeout,
             emit=on_event,
-            progress=progress,
-            job_id=job_id,
-            index=index,
+            priority=priority,
+            track_id=track_id,
         )
 
-    async def _submit(
-        self, request: Img2ImgRequest, timeout: float | None, on_event: JobEventHandler | None
-    ) -> ImageResult:
-        self._check_open()
-        body = await self.wire_body(request)
-        return await self._runner(timeout, on_event).submit(body)
-
-    async def _call_once(self, server: str, path: str, fields: dict[str, str]) -> Any:
-        route = self.pool.route(server)
+    async def _call_once(self, route: Route, path: str, fields: dict[str, str]) -> Any:
         try:
             answer = await self._wire.call(
                 route, path, fields, read_timeout=self.timeouts.fetch_read, phase="fetch"
             )
         except ModelsLabError as error:
-            self.pool.record_error(route, error)
+            self._scheduler.record_failure(
+                route, judge(error), f"{type(error).__name__}: {error.message}", probe=False
+            )
             raise
-        self.pool.record_answer(route)
+        self._scheduler.record_success(route, probe=False)
         return answer
 
     async def _probe_forever(self, interval: float) -> None:
+        """Ask every server about itself now and then; a failing probe never stops this."""
         while True:
-            for route in self.pool.routes:
-                try:
-                    details = await self.system_details(route.name)
-                except ModelsLabError as error:
-                    logger.info("probe of %s failed: %s", route.name, error)
-                    self.pool.record_error(route, error)
-                else:
-                    if details.status.lower() in ("ok", "success"):
-                        self.pool.record_answer(route)
+            for route in self._scheduler.routes:
+                await self._probe(route)
             await asyncio.sleep(interval)
+
+    async def _probe(self, route: Route) -> None:
+        probe = self._scheduler.claim_probe(route)
+        try:
+            details = await self.system_details(route.name)
+        except ModelsLabError as error:
+            logger.info("probe of %s failed: %s", route.name, error)
+            self._scheduler.record_failure(
+                route, judge(error), f"{type(error).__name__}: {error.message}", probe=probe
+            )
+        except Exception:  # a bug must not cancel the user's code through the task group
+            logger.exception("probe of %s raised", route.name)
+        else:
+            if details.status.lower() in ("ok", "success"):
+                self._scheduler.record_success(route, probe=probe)
+        finally:
+            if probe:
+                self._scheduler.probe_done(route)
+
+
+def _check_priority(priority: object) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidRequestError("priority", f"{priority!r} is not an integer", allowed="int")
 
 
 def _system_details(server: str, raw: RawResponse) -> SystemDetails:

@@ -13,32 +13,74 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 
-from ._config import DEFAULT, Default
-from ._errors import InvalidRequestError
-from ._events import EventKind, JobEvent, JobEventHandler
-from ._models import Attempt, ImageResult, Img2ImgRequest
+from ._config import DEFAULT, Default, Timeouts
+from ._errors import Attempt, InvalidRequestError
+from ._events import EventKind, JobEvent, JobEventHandler, deliver
+from ._models import ImageResult, Img2ImgRequest
+from ._pool import ServerPool
 
-if TYPE_CHECKING:
-    from ._client import Client
+__all__ = ["BatchProgress", "Dispatcher", "Job", "JobClient", "JobOutcome"]
 
-__all__ = ["BatchProgress", "Dispatcher", "Job", "JobOutcome"]
+
+class JobClient(Protocol):
+    """
+    What a :class:`Dispatcher` needs of a client: :class:`Client` is one; a wrapper that adds
+    metrics or logging around these two calls can be another.
+    """
+
+    pool: ServerPool
+    timeouts: Timeouts
+
+    async def img2img(
+        self,
+        request: Img2ImgRequest,
+        *,
+        timeout: float | Default | None = ...,
+        on_event: JobEventHandler | None = ...,
+        priority: int = ...,
+    ) -> ImageResult:
+        """Run one job to its end."""
+        ...
+
+    async def fetch(
+        self,
+        request_id: str | int,
+        *,
+        server: str | None = ...,
+        timeout: float | Default | None = ...,
+        on_event: JobEventHandler | None = ...,
+        priority: int = ...,
+    ) -> ImageResult:
+        """Collect a job accepted earlier."""
+        ...
+
+
+def _check_priority(name: str, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidRequestError(name, f"{value!r} is not an integer", allowed="int")
+
+
+def _optional_int(_: object, attribute: Any, value: Any) -> None:
+    _check_priority(attribute.name, value)
 
 
 @frozen(kw_only=True)
 class Job:
     """
     A request with a caller-given id; with ``request_id`` (and ``server``), a job accepted
-    earlier that is collected by polling instead of being submitted again.
+    earlier that is collected by polling instead of being submitted again. ``priority``
+    overrides the batch's (higher goes first).
     """
 
     id: str = field(converter=str)
     request: Img2ImgRequest | None = None
     request_id: str | None = None
     server: str | None = None
+    priority: int | None = field(default=None, validator=_optional_int)
 
     def __attrs_post_init__(self) -> None:
         if self.request is None and self.request_id is None:
@@ -56,10 +98,11 @@ class JobOutcome:
         request: The job's request, when it had one.
         result: The images, when the job succeeded.
         error: The typed error, when it failed.
-        attempts: Every attempt made, oldest first.
+        attempts: Every attempt made, oldest first (on failures).
         server: The server that ran (or last tried) the job.
         elapsed: Seconds from the job's start to its end.
         possible_duplicate: True when the job may have run twice on the servers.
+        track_id: The job's ``track_id``, once it was sent.
     """
 
     job_id: str
@@ -71,6 +114,7 @@ class JobOutcome:
     server: str | None = None
     elapsed: float = 0.0
     possible_duplicate: bool = False
+    track_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -117,35 +161,52 @@ class Dispatcher:
     """
     Runs a batch of img2img jobs over a client's pool.
 
+    At most ``concurrency`` jobs run at once. Unordered, a finished job keeps its place until
+    the consumer takes its outcome, so at most ``concurrency`` jobs are held in all. Ordered,
+    outcomes that finish ahead of their turn wait in a reorder buffer of at most
+    ``max_buffered`` (default: 8 x ``concurrency``) while later jobs keep running, so one slow
+    job does not stall the batch; at most ``concurrency + max_buffered`` jobs are held.
+
     Args:
-        client: An open :class:`Client`.
-        concurrency: Most jobs held at once (default: the pool's capacity).
+        client: An open :class:`Client` (or any :class:`JobClient`).
+        concurrency: Most jobs running at once (default: the pool's capacity).
         ordered: Yield outcomes in input order instead of as they complete.
+        max_buffered: With ``ordered``, most finished outcomes waiting for their turn.
         job_timeout: Deadline of each job (default: the client's ``timeouts.job``).
         batch_timeout: Deadline of the whole batch: jobs in flight then end with
             :class:`JobTimeoutError`, and no more input is read.
         on_event: Receives every job's progress events (with ``job_id`` and ``index``).
+        priority: The jobs' priority on the pool (a :class:`Job`'s own wins); a higher
+            number goes first, so a web backend's interactive calls can pass a bulk batch.
     """
 
     def __init__(
         self,
-        client: Client,
+        client: JobClient,
         *,
         concurrency: int | None = None,
         ordered: bool = False,
+        max_buffered: int | None = None,
         job_timeout: float | Default | None = DEFAULT,
         batch_timeout: float | None = None,
         on_event: JobEventHandler | None = None,
+        priority: int = 0,
     ) -> None:
         limit: object = client.pool.capacity if concurrency is None else concurrency
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidRequestError("concurrency", f"{concurrency!r}", allowed="integers >= 1")
+        buffered: object = 8 * limit if max_buffered is None else max_buffered
+        if isinstance(buffered, bool) or not isinstance(buffered, int) or buffered < 0:
+            raise InvalidRequestError("max_buffered", f"{max_buffered!r}", allowed="integers >= 0")
+        _check_priority("priority", priority)
         self.client = client
         self.concurrency: int = limit
         self.ordered = ordered
-        self._job_timeout = client._job_timeout(job_timeout)
+        self.max_buffered: int = buffered if ordered else 0
+        self._job_timeout = client.timeouts.job if isinstance(job_timeout, Default) else job_timeout
         self._batch_timeout = batch_timeout
         self._on_event = on_event
+        self.priority = priority
         self.progress = BatchProgress()
 
     def __repr__(self) -> str:
@@ -169,7 +230,10 @@ class Dispatcher:
         """
         self.progress = BatchProgress()
         deadline = None if self._batch_timeout is None else time.monotonic() + self._batch_timeout
-        window = asyncio.Semaphore(self.concurrency)
+        windows = _Windows(
+            running=asyncio.Semaphore(self.concurrency),
+            held=asyncio.Semaphore(self.concurrency + self.max_buffered),
+        )
         finished: asyncio.Queue[JobOutcome | None] = asyncio.Queue()
         feed = _Feed()
         left = False
@@ -178,7 +242,7 @@ class Dispatcher:
                 asyncio.TaskGroup() as group,
                 contextlib.aclosing(self._drain(finished, feed)) as outcomes,
             ):
-                group.create_task(self._feed(jobs, window, finished, group, feed, deadline))
+                group.create_task(self._feed(jobs, windows, finished, group, feed, deadline))
                 async for outcome in outcomes:
                     try:
                         yield outcome
@@ -186,7 +250,7 @@ class Dispatcher:
                         # The consumer stopped early: leave the group with an ordinary error
                         # so that it cancels the jobs in flight (3.11 groups wrap anything else).
                         raise _ConsumerLeft from None
-                    window.release()
+                    windows.held.release()
         except* _ConsumerLeft:
             left = True
         if left:
@@ -220,7 +284,7 @@ class Dispatcher:
     async def _feed(  # noqa: PLR0917 - private, called once
         self,
         jobs: Iterable[Img2ImgRequest | Job] | AsyncIterable[Img2ImgRequest | Job],
-        window: asyncio.Semaphore,
+        windows: _Windows,
         finished: asyncio.Queue[JobOutcome | None],
         group: asyncio.TaskGroup,
         feed: _Feed,
@@ -232,7 +296,8 @@ class Dispatcher:
         try:
             index = 0
             while True:
-                await window.acquire()
+                await windows.held.acquire()
+                await windows.running.acquire()
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 try:
@@ -244,7 +309,7 @@ class Dispatcher:
                     break
                 feed.admitted += 1
                 self.progress.admitted += 1
-                group.create_task(self._run_one(index, item, finished, deadline))
+                group.create_task(self._run_one(index, item, finished, deadline, windows))
                 index += 1
         except Exception as error:  # noqa: BLE001 - reported after the admitted jobs finish
             feed.error = error
@@ -257,6 +322,7 @@ class Dispatcher:
         item: Any,
         finished: asyncio.Queue[JobOutcome | None],
         deadline: float | None,
+        windows: _Windows,
     ) -> None:
         started = time.monotonic()
         timeout = self._job_timeout
@@ -266,25 +332,21 @@ class Dispatcher:
         client = self.client
         request: Img2ImgRequest | None = None
         job_id = str(index)
+        watch = _Watch(self.progress, self._on_event, job_id, index)
         try:
-            request, job_id, resume, server = _unpack(item, index)
-            runner = client._runner(
-                timeout, self._on_event, job_id=job_id, index=index, progress=self.progress
-            )
+            request, job_id, resume, server, priority = _unpack(item, index, self.priority)
+            watch.job_id = job_id
             if resume is not None:
-                route = client.pool.route(server)
-                result = await runner.collect(route, resume)
+                result = await client.fetch(
+                    resume, server=server, timeout=timeout, on_event=watch, priority=priority
+                )
             else:
-                assert request is not None  # noqa: S101 - a Job has a request or a request_id
-                result = await runner.submit(await client.wire_body(request))
+                result = await client.img2img(
+                    _required(request), timeout=timeout, on_event=watch, priority=priority
+                )
         except Exception as error:  # noqa: BLE001 - every failure becomes this job's outcome
             self.progress.failed += 1
-            if not getattr(error, "attempts", ()) and self._on_event is not None:
-                # Failed before the runner could say so (bad item, unreadable file).
-                text = f"{type(error).__name__}: {error}"
-                self._on_event(
-                    JobEvent(kind=EventKind.FAILED, job_id=job_id, index=index, error=text)
-                )
+            watch.failed_early(error)
             outcome = JobOutcome(
                 job_id=job_id,
                 index=index,
@@ -294,6 +356,7 @@ class Dispatcher:
                 server=getattr(error, "server", None),
                 elapsed=time.monotonic() - started,
                 possible_duplicate=bool(getattr(error, "possible_duplicate", False)),
+                track_id=getattr(error, "track_id", None),
             )
         else:
             self.progress.done += 1
@@ -306,8 +369,56 @@ class Dispatcher:
                 server=result.server,
                 elapsed=time.monotonic() - started,
                 possible_duplicate=result.possible_duplicate,
+                track_id=result.track_id,
             )
+        finally:
+            windows.running.release()
         finished.put_nowait(outcome)
+
+
+class _Watch:
+    """One job's events: counted into the batch's progress, then passed to the user."""
+
+    __slots__ = ("_ended", "_handler", "_progress", "_queued", "index", "job_id")
+
+    def __init__(
+        self, progress: BatchProgress, handler: JobEventHandler | None, job_id: str, index: int
+    ) -> None:
+        self._progress = progress
+        self._handler = handler
+        self.job_id = job_id
+        self.index = index
+        self._queued = False
+        self._ended = False
+
+    def __call__(self, event: JobEvent) -> None:
+        kind = event.kind
+        progress = self._progress
+        if kind is EventKind.QUEUED:
+            self._queued = True
+            progress.queued += 1
+        elif kind is EventKind.RETRIED:
+            progress.retries += 1
+        elif kind is EventKind.REROUTED:
+            progress.reroutes += 1
+        elif kind is EventKind.DONE or kind is EventKind.FAILED:
+            self._ended = True
+            if self._queued:
+                self._queued = False
+                progress.queued -= 1
+        if self._handler is not None:
+            deliver(self._handler, evolve(event, job_id=self.job_id, index=self.index))
+
+    def failed_early(self, error: Exception) -> None:
+        """Say FAILED for a job that failed before its runner could (bad item, unreadable file)."""
+        if not self._ended:
+            self(JobEvent(kind=EventKind.FAILED, error=f"{type(error).__name__}: {error}"))
+
+
+@define
+class _Windows:
+    running: asyncio.Semaphore
+    held: asyncio.Semaphore
 
 
 class _ConsumerLeft(Exception):  # noqa: N818 - a signal, not an error users see
@@ -320,12 +431,27 @@ class _Feed:
     error: Exception | None = None
 
 
-def _unpack(item: Any, index: int) -> tuple[Img2ImgRequest | None, str, str | None, str | None]:
-    """A batch item as (request, job id, request id to collect, server), or a typed error."""
+def _required(request: Img2ImgRequest | None) -> Img2ImgRequest:
+    if request is None:  # Job() refuses this already
+        raise InvalidRequestError("request", "a job needs a request or a request_id")
+    return request
+
+
+def _unpack(
+    item: Any, index: int, priority: int
+) -> tuple[Img2ImgRequest | None, str, str | None, str | None, int]:
+    """A batch item as (request, job id, request id to collect, server, priority)."""
     if isinstance(item, Img2ImgRequest):
-        return item, str(index), None, None
+        return item, str(index), None, None, priority
     if isinstance(item, Job):
-        return item.request, item.id, item.request_id, item.server
+        own = item.priority
+        return (
+            item.request,
+            item.id,
+            item.request_id,
+            item.server,
+            (priority if own is None else own),
+        )
     raise InvalidRequestError(
         "jobs", f"item {index} is a {type(item).__name__}", allowed="Img2ImgRequest or Job"
     )

@@ -10,6 +10,7 @@ Every error this library raises, under one root.
     │   └── ReadError                           sent, then the answer was lost or timed out:
     │                                           the job may have started on the server
     ├── ResponseFormatError                     an answer that is not the API's JSON
+    ├── RedirectError                           a 3xx: never followed (the key is in the body)
     ├── APIError                                the API answered, and the answer is an error
     │   ├── AuthenticationError                 invalid or missing key (401/403)
     │   ├── RateLimitError                      throttled (429); ``retry_after`` in seconds
@@ -20,19 +21,20 @@ Every error this library raises, under one root.
     └── NoServerAvailableError                  every server is cooling down or broken
 
 Errors never carry an API key: a server is named by its name (or key fingerprint). Errors
-raised for a job carry ``attempts``, the record of every try, so a failure explains itself.
+raised for a job carry ``attempts``, the record of every try (an :class:`Attempt` each), and
+the job's ``track_id``, so a failure explains itself and can be found in the server's logs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Literal
 
-if TYPE_CHECKING:
-    from ._models import Attempt
+from attrs import frozen
 
 __all__ = [
     "APIError",
+    "Attempt",
     "AuthenticationError",
     "ConnectError",
     "InvalidRequestError",
@@ -42,11 +44,32 @@ __all__ = [
     "NoServerAvailableError",
     "RateLimitError",
     "ReadError",
+    "RedirectError",
     "ResponseFormatError",
     "ServerBusyError",
     "ServerError",
     "TransportError",
 ]
+
+
+@frozen(kw_only=True)
+class Attempt:
+    """
+    One try at one phase of a job, kept so that a failure can explain itself.
+
+    Attributes:
+        server: Name of the server (or route) tried.
+        phase: ``"submit"`` or ``"fetch"``.
+        error: The error's type name, or None when the attempt succeeded.
+        detail: The error's message, or the status the server answered.
+        waited: Seconds waited before this attempt (backoff, Retry-After, cooldown).
+    """
+
+    server: str
+    phase: Literal["submit", "fetch"]
+    error: str | None
+    detail: str
+    waited: float = 0.0
 
 
 class ModelsLabError(Exception):
@@ -57,11 +80,13 @@ class ModelsLabError(Exception):
         server: Name of the server involved, if any.
         attempts: Every attempt made for the job, oldest first (empty outside a job).
         possible_duplicate: True when an earlier attempt may have started the same job.
+        track_id: The job's ``track_id`` (None outside a job).
     """
 
     server: str | None
     attempts: tuple[Attempt, ...]
     possible_duplicate: bool
+    track_id: str | None
 
     def __init__(self, message: str, *, server: str | None = None) -> None:
         super().__init__(message)
@@ -69,6 +94,7 @@ class ModelsLabError(Exception):
         self.server = server
         self.attempts = ()
         self.possible_duplicate = False
+        self.track_id = None
 
     def __str__(self) -> str:
         text = self.message
@@ -79,11 +105,16 @@ class ModelsLabError(Exception):
         return text
 
     def with_context(
-        self, *, attempts: Sequence[Attempt], possible_duplicate: bool
+        self,
+        *,
+        attempts: Sequence[Attempt],
+        possible_duplicate: bool,
+        track_id: str | None = None,
     ) -> ModelsLabError:
-        """Attach the job's attempt history; returns ``self`` for ``raise ... from``."""
+        """Attach the job's history and trace id; returns ``self`` for ``raise ... from``."""
         self.attempts = tuple(attempts)
         self.possible_duplicate = possible_duplicate
+        self.track_id = track_id
         return self
 
 
@@ -117,9 +148,19 @@ class TransportError(ModelsLabError):
 
 
 class ConnectError(TransportError):
-    """The connection could not be made; the request was never sent, so a retry is safe."""
+    """
+    The connection could not be made; the request was never sent, so a retry is safe.
+
+    Attributes:
+        local: True when the cause is on this machine (no file descriptors left), so it says
+            nothing about the server's health.
+    """
 
     sent = False
+
+    def __init__(self, message: str, *, server: str | None = None, local: bool = False) -> None:
+        super().__init__(message, server=server)
+        self.local = local
 
 
 class ReadError(TransportError):
@@ -152,6 +193,28 @@ class ResponseFormatError(ModelsLabError):
         super().__init__(message, server=server)
         self.status_code = status_code
         self.snippet = snippet
+
+
+class RedirectError(ModelsLabError):
+    """
+    The API answered with a redirect. It is never followed: the key travels in the JSON body,
+    and a redirect would carry it to whatever host it names. Check the base URL.
+
+    Attributes:
+        status_code: The 3xx status.
+        location_host: The host the redirect pointed to, if any (never the whole URL).
+    """
+
+    def __init__(
+        self, status_code: int, location_host: str | None, *, server: str | None = None
+    ) -> None:
+        target = f" to host {location_host!r}" if location_host else ""
+        super().__init__(
+            f"HTTP {status_code} redirect{target} not followed (check the base URL)",
+            server=server,
+        )
+        self.status_code = status_code
+        self.location_host = location_host
 
 
 class APIError(ModelsLabError):

@@ -1,15 +1,23 @@
-"""Progress events: what happens to a job, as it happens, for progress bars and metrics."""
+"""
+Progress events: what happens to a job, as it happens, for progress bars and metrics.
+
+Handlers are user code: whatever one raises is logged (once per handler and kind of event)
+and changes nothing else, so a broken handler can never leak a slot or lose an outcome.
+"""
 
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable
 
 from attrs import frozen
 
 from ._models import ImageResult
 
-__all__ = ["EventKind", "JobEvent", "JobEventHandler"]
+__all__ = ["EventKind", "JobEvent", "JobEventHandler", "deliver"]
+
+logger = logging.getLogger("modelslab_async")
 
 
 class EventKind(enum.StrEnum):
@@ -38,6 +46,7 @@ class JobEvent:
         wait: Seconds until the next attempt, for ``RETRIED``.
         error: ``"ErrorType: message"``, for ``RETRIED`` and ``FAILED``.
         request_id: The job's id on the server, once accepted.
+        track_id: The job's ``track_id`` (sent with its submit, echoed by webhooks).
         result: The job's result, for ``DONE``: sent the moment the answer arrives, before
             a batch consumer takes the outcome (a journal writes it from here).
     """
@@ -51,8 +60,27 @@ class JobEvent:
     wait: float | None = None
     error: str | None = None
     request_id: str | None = None
+    track_id: str | None = None
     result: ImageResult | None = None
 
 
 #: A callable that receives events; it must not block (it runs on the event loop).
 JobEventHandler = Callable[[JobEvent], None]
+
+
+_reported: set[tuple[str, EventKind]] = set()
+
+
+def deliver(handler: JobEventHandler, event: JobEvent) -> None:
+    """Call a user's handler; what it raises is logged once per handler and kind, and dropped."""
+    try:
+        handler(event)
+    except Exception:
+        name = getattr(handler, "__qualname__", None) or type(handler).__qualname__
+        if (name, event.kind) not in _reported:
+            _reported.add((name, event.kind))
+            logger.exception(
+                "on_event handler %s raised on a %r event (logged once; jobs go on)",
+                name,
+                str(event.kind),
+            )

@@ -1,6 +1,12 @@
 """
 Per-route health: a circuit breaker with a half-open probe, a cooldown that honours
 Retry-After, and latency figures for routing and snapshots.
+
+The breaker's rule: *consecutive* failures open it (a success while closed resets the count,
+so sporadic errors never take a healthy server out); while it is open nothing goes through;
+once ``reset_timeout`` has passed exactly one call, the probe, goes through, and only the
+probe's outcome closes it (or opens it again). A late answer from a call that started before
+the breaker opened changes nothing. What counts as a failure is decided in ``_decisions.py``.
 """
 
 from __future__ import annotations
@@ -11,15 +17,7 @@ from collections import deque
 
 from attrs import field, frozen, validators
 
-from ._errors import (
-    AuthenticationError,
-    ModelsLabError,
-    RateLimitError,
-    ResponseFormatError,
-    ServerBusyError,
-    ServerError,
-    TransportError,
-)
+from ._decisions import Health, Verdict
 
 __all__ = ["BreakerState", "CircuitBreaker", "HealthPolicy", "RouteHealth"]
 
@@ -73,6 +71,11 @@ class CircuitBreaker:
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.state} failures={self._failures}>"
 
+    @property
+    def failures(self) -> int:
+        """Consecutive failures counted while closed."""
+        return self._failures
+
     def reopens_at(self) -> float | None:
         """When an open breaker lets its probe through, else None."""
         if self.state is BreakerState.OPEN:
@@ -80,7 +83,7 @@ class CircuitBreaker:
         return None
 
     def allows(self, now: float) -> bool:
-        """Whether a call may go through now (moving open → half-open when it is time)."""
+        """Whether a new call may go through now (moving open → half-open when it is time)."""
         if self.state is BreakerState.OPEN and now >= self._opened_at + self._policy.reset_timeout:
             self.state = BreakerState.HALF_OPEN
             self.probe_in_flight = False
@@ -88,22 +91,47 @@ class CircuitBreaker:
             return not self.probe_in_flight
         return self.state is BreakerState.CLOSED
 
-    def record_success(self) -> None:
-        """A call got a usable answer: close."""
-        self.state = BreakerState.CLOSED
-        self._failures = 0
-        self.probe_in_flight = False
+    def claim_probe(self, now: float) -> bool:
+        """Take the half-open probe if it is free: True when the caller is the probe."""
+        if self.allows(now) and self.state is BreakerState.HALF_OPEN:
+            self.probe_in_flight = True
+            return True
+        return False
 
-    def record_failure(self, now: float, *, fatal: bool = False) -> None:
-        """A call failed; open at the threshold, at once when fatal or when probing."""
-        self._failures += 1
-        if (
-            fatal
-            or self.state is BreakerState.HALF_OPEN
-            or (self._failures >= self._policy.failure_threshold)
-        ):
-            self.state = BreakerState.OPEN
-            self._opened_at = now
+    def probe_abandoned(self) -> None:
+        """The probe ended without an outcome (cancelled): let another call probe."""
+        if self.state is BreakerState.HALF_OPEN:
+            self.probe_in_flight = False
+
+    def record_success(self, *, probe: bool) -> bool:
+        """A call got a usable answer; returns True when this closed the breaker."""
+        if self.state is BreakerState.CLOSED:
+            self._failures = 0
+            return False
+        if probe and self.state is BreakerState.HALF_OPEN:
+            self.state = BreakerState.CLOSED
+            self._failures = 0
+            self.probe_in_flight = False
+            return True
+        return False  # a late answer from before the breaker opened
+
+    def record_failure(self, now: float, *, probe: bool, fatal: bool = False) -> bool:
+        """A call failed; returns True when this opened the breaker."""
+        if self.state is BreakerState.CLOSED:
+            self._failures += 1
+            if fatal or self._failures >= self._policy.failure_threshold:
+                self._open(now)
+                return True
+            return False
+        if probe and self.state is BreakerState.HALF_OPEN:
+            self._open(now)
+            return True
+        return False  # open already: a late failure neither extends nor counts
+
+    def _open(self, now: float) -> None:
+        self.state = BreakerState.OPEN
+        self._opened_at = now
+        self._failures = 0
         self.probe_in_flight = False
 
 
@@ -136,17 +164,23 @@ class RouteHealth:
         self.failures = 0
 
     def available(self, now: float) -> bool:
-        """Not cooling down and the breaker lets a call through."""
+        """Not cooling down and the breaker lets a new call through."""
         return now >= self.cooldown_until and self.breaker.allows(now)
 
-    def recovers_at(self, now: float) -> float:
-        """Earliest time this route may take work again."""
-        reopen = self.breaker.reopens_at()
+    def recovers_at(self, now: float) -> float | None:
+        """
+        Earliest time this route may take work again; None while it waits for its probe's
+        outcome (only that can bring it back).
+        """
+        breaker = self.breaker
+        if breaker.state is BreakerState.HALF_OPEN and breaker.probe_in_flight:
+            return None
+        reopen = breaker.reopens_at()
         return max(self.cooldown_until, reopen if reopen is not None else now, now)
 
     def cool_down(self, now: float, seconds: float) -> None:
         """Keep the route out for ``seconds``; a later deadline wins, an earlier one does not."""
-        seconds = min(seconds, self.policy.max_cooldown)
+        seconds = min(max(seconds, 0.0), self.policy.max_cooldown)
         self.cooldown_until = max(self.cooldown_until, now + seconds)
 
     def record_job(self, duration: float) -> None:
@@ -156,19 +190,22 @@ class RouteHealth:
         previous = self.service_time
         self.service_time = duration if previous is None else 0.8 * previous + 0.2 * duration
 
-    def record_error(self, now: float, error: ModelsLabError) -> None:
-        """Account one failed call (submit, fetch or probe) against this route."""
-        self.last_error = f"{type(error).__name__}: {error.message}"
+    def record(self, now: float, verdict: Verdict, text: str, *, probe: bool) -> bool:
+        """
+        Account one failed call (submit, fetch or probe) by its verdict; returns True when
+        the breaker opened because of it.
+        """
+        if verdict.health is Health.NONE:
+            return False
+        self.last_error = text
         self.failures += 1
-        if isinstance(error, RateLimitError):
-            wait = error.retry_after
-            self.cool_down(now, self.policy.rate_limit_cooldown if wait is None else wait)
-        elif isinstance(error, ServerBusyError):
-            self.cool_down(now, self.policy.busy_cooldown)
-        elif isinstance(error, AuthenticationError):
-            self.breaker.record_failure(now, fatal=True)
-        elif isinstance(error, TransportError | ServerError | ResponseFormatError):
-            self.breaker.record_failure(now)
+        if verdict.health is Health.COOLDOWN:
+            self.cool_down(
+                now,
+                self.policy.rate_limit_cooldown if verdict.cooldown is None else verdict.cooldown,
+            )
+            return False
+        return self.breaker.record_failure(now, probe=probe, fatal=verdict.health is Health.FATAL)
 
     def percentiles(self) -> tuple[float | None, float | None]:
         """Median and 95th percentile of recent job durations."""

@@ -10,81 +10,35 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from attrs import evolve, frozen
-from tenacity import RetryCallState
+from attrs import evolve
 
-from ._config import Endpoints, PollPolicy, Timeouts
+from ._call import Wire
+from ._config import PollPolicy
+from ._decisions import Elsewhere, Health, Verdict, judge
 from ._errors import (
-    APIError,
+    Attempt,
     JobFailedError,
     JobTimeoutError,
     ModelsLabError,
     RateLimitError,
     ResponseFormatError,
-    ServerBusyError,
-    ServerError,
 )
-from ._events import EventKind, JobEvent, JobEventHandler
-from ._models import ApiResponse, Attempt, ImageResult
-from ._pool import ServerPool
-from ._responses import classify
-from ._retry import RetryPolicy, may_have_started
-from ._secrets import redact_body
-from ._server import Route
-from ._transport import Transport
+from ._events import EventKind, JobEvent, JobEventHandler, deliver
+from ._models import ApiResponse, ImageResult
+from ._retry import RetryPolicy
+from ._retrying import RetryCallState, retry_after_failure
+from ._scheduler import Scheduler
+from ._server import Lease, Route
 
-if TYPE_CHECKING:
-    from ._dispatch import BatchProgress
-
-__all__ = ["JobRunner", "Wire"]
+__all__ = ["JobRunner"]
 
 logger = logging.getLogger("modelslab_async")
-
-Phase = Literal["submit", "fetch", "other"]
-
-
-@frozen
-class Wire:
-    """How to reach the API: transport, base URL, paths, timeouts. Internal."""
-
-    transport: Transport
-    base_url: str
-    endpoints: Endpoints
-    timeouts: Timeouts
-
-    async def call(
-        self,
-        route: Route,
-        path: str,
-        fields: Mapping[str, Any],
-        *,
-        read_timeout: float,
-        phase: Phase,
-        defaults: Mapping[str, Any] | None = None,
-    ) -> ApiResponse:
-        """
-        POST ``fields`` plus the route's key to ``path``; return the classified answer.
-
-        ``defaults`` go in first, so a field of the caller's wins over them.
-        """
-        body = (
-            {**defaults, **fields, "key": route.key} if defaults else {**fields, "key": route.key}
-        )
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("POST %s to %s: %s", path, route.name, redact_body(body))
-        route.in_flight += 1
-        try:
-            raw = await self.transport.post_json(
-                f"{self.base_url}/{path}", body, timeout=read_timeout, server=route.name
-            )
-        finally:
-            route.in_flight -= 1
-        return classify(raw, server=route.name, phase=phase)
 
 
 class JobRunner:
@@ -93,27 +47,24 @@ class JobRunner:
     def __init__(
         self,
         wire: Wire,
-        pool: ServerPool,
+        scheduler: Scheduler,
         *,
         retry: RetryPolicy,
         poll: PollPolicy,
         timeout: float | None,
         emit: JobEventHandler | None = None,
-        progress: BatchProgress | None = None,
-        job_id: str | None = None,
-        index: int | None = None,
+        priority: int = 0,
+        track_id: str | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
-        self._job_id = job_id
-        self._index = index
         self._wire = wire
-        self._pool = pool
+        self._scheduler = scheduler
         self._retry = retry
         self._poll_policy = poll
         self._timeout = timeout
         self._emit_to = emit
-        self._progress = progress
-        self._in_queue = False
+        self._priority = priority
+        self.track_id = track_id
         self._sleep = sleep
         self._started = time.monotonic()
         self._deadline = None if timeout is None else self._started + timeout
@@ -122,8 +73,13 @@ class JobRunner:
         self.route: Route | None = None
         self._submits = 0
         self._last_route: Route | None = None
-        self._avoid: set[Route] = set()
-        self._maybe_started = False
+        self._avoid: set[Route] = set()  # just failed: use only when nothing else can
+        # Routes barred until a time: one that may still be running this job (until its p95
+        # job time has passed), one that refused the key (for good).
+        self._barred: dict[Route, float] = {}
+        self._maybe_started = False  # a submit may have reached a server
+        self._resubmits = 0  # submits made since then
+        self._last_failure: tuple[BaseException, Verdict] | None = None
         self.possible_duplicate = False
         self._waited = 0.0
         self._body: Mapping[str, Any] = {}
@@ -155,12 +111,13 @@ class JobRunner:
                 try:
                     result = await attempt()  # the common case: no retry machinery at all
                 except ModelsLabError as error:
-                    result = await self._retry.resume(
+                    result = await retry_after_failure(
                         error,
                         attempt,
+                        policy=self._retry,
                         started=self._started,
-                        can_reroute=self._can_reroute,
-                        accepted=self._accepted,
+                        should_retry=self._should_retry,
+                        wait=self._wait,
                         sleep=self._sleep,
                         before_sleep=self._before_sleep,
                     )
@@ -170,18 +127,21 @@ class JobRunner:
             raise self._timed_out() from None
         except ModelsLabError as error:
             raise self._fail(error) from error.__cause__
-        self._emit(EventKind.DONE, result.server, result=result)
+        if self._emit_to is not None:
+            self._emit(EventKind.DONE, result.server, result=result)
         return result
 
     async def _collect_once(self, route: Route, request_id: str) -> ImageResult:
-        # Accepted already, so never resubmitted: the retry policy sees accepted() is true.
-        lease = await self._pool.acquire(deadline=self._deadline, pinned=route)
+        # Accepted already, so never resubmitted: _should_retry sees the request id.
+        lease = await self._scheduler.acquire(
+            priority=self._priority, deadline=self._deadline, pinned=route
+        )
         route.processing += 1
         try:
             final = await self._poll(route, request_id, eta=0.0)
         finally:
             route.processing -= 1
-            self._pool.release(lease)
+            self._scheduler.release(lease)
         return self.result(route, final)
 
     def _timed_out(self) -> ModelsLabError:
@@ -193,77 +153,150 @@ class JobRunner:
         return self._fail(error)
 
     def _fail(self, error: ModelsLabError) -> ModelsLabError:
-        error.with_context(attempts=self.attempts, possible_duplicate=self.possible_duplicate)
-        self._emit(EventKind.FAILED, error=f"{type(error).__name__}: {error.message}")
+        error.with_context(
+            attempts=self.attempts,
+            possible_duplicate=self.possible_duplicate,
+            track_id=self.track_id,
+        )
+        if self._emit_to is not None:
+            self._emit(EventKind.FAILED, error=f"{type(error).__name__}: {error.message}")
         return error
 
-    # --- submit -------------------------------------------------------------------------------
+    # --- retry decisions (the verdicts come from the one table in _decisions.py) --------------
 
-    def _can_reroute(self) -> bool:
-        return self._pool.can_reroute(self._last_route)
+    def _verdict(self, error: BaseException) -> Verdict:
+        last = self._last_failure
+        if last is not None and last[0] is error:
+            return last[1]
+        return judge(error)  # not a call's failure (no server free, a failed job...)
 
-    def _accepted(self) -> bool:
-        return self.request_id is not None
+    def _should_retry(self, error: BaseException) -> bool:
+        if self.request_id is not None:
+            return False  # accepted: collected by polling, never submitted again
+        verdict = self._verdict(error)
+        if not verdict.retry:
+            return False
+        if self._maybe_started and not self._retry.may_resubmit(self._resubmits):
+            return False
+        if verdict.elsewhere is Elsewhere.ONLY and verdict.health is Health.FATAL:
+            return self._scheduler.can_take_now(self._barred_now())
+        return True
+
+    def _barred_now(self) -> set[Route]:
+        if not self._barred:
+            return set()
+        now = time.monotonic()
+        return {route for route, until in self._barred.items() if until > now}
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        barred = self._barred_now()
+        if error is None or self._scheduler.can_take_now(self._avoid | barred):
+            return 0.0  # another server can take the job now
+        asked = self._retry.server_wait(error)
+        wait = asked if asked is not None else self._retry.backoff(state.attempt_number)
+        if barred and not self._scheduler.has_other(barred):
+            # Only a server that may still be running the job is left: wait until it is done.
+            wait = max(wait, min(self._barred[route] for route in barred) - time.monotonic())
+        return wait
 
     def _before_sleep(self, state: RetryCallState) -> None:
         wait = state.next_action.sleep if state.next_action else 0.0
         self._waited = wait
-        error = state.outcome.exception() if state.outcome else None
-        text = f"{type(error).__name__}: {error}" if error else None
-        self._emit(EventKind.RETRIED, wait=wait, error=text)
+        if self._emit_to is not None:
+            error = state.outcome.exception() if state.outcome else None
+            text = f"{type(error).__name__}: {error}" if error else None
+            self._emit(EventKind.RETRIED, wait=wait, error=text)
+
+    def _failed_call(
+        self, route: Route, phase: Literal["submit", "fetch"], error: ModelsLabError, probe: bool
+    ) -> Verdict:
+        health = route.health.policy
+        verdict = judge(
+            error,
+            rate_limit_cooldown=health.rate_limit_cooldown,
+            busy_cooldown=health.busy_cooldown,
+        )
+        self._last_failure = (error, verdict)
+        self._record(route, phase, error)
+        text = f"{type(error).__name__}: {error.message}"
+        self._scheduler.record_failure(route, verdict, text, probe=probe)
+        if phase == "submit":
+            self._maybe_started = self._maybe_started or verdict.sent
+            if verdict.elsewhere is Elsewhere.ONLY:
+                hold = math.inf if verdict.health is Health.FATAL else self._hold(route)
+                self._barred[route] = time.monotonic() + hold
+            elif verdict.elsewhere is Elsewhere.PREFER:
+                self._avoid.add(route)
+        return verdict
+
+    def _hold(self, route: Route) -> float:
+        """How long a server may still be running a job whose submit answer was lost."""
+        _, p95 = route.health.percentiles()
+        return p95 if p95 is not None else self._retry.backoff(1)
+
+    # --- submit -------------------------------------------------------------------------------
 
     async def _attempt(self) -> ImageResult:
-        body = self._body
-        lease = await self._pool.acquire(deadline=self._deadline, avoid=self._avoid)
+        lease = await self._scheduler.acquire(
+            priority=self._priority,
+            deadline=self._deadline,
+            avoid=self._avoid,
+            exclude=self._barred_now(),
+        )
         route = lease.route
         self._submits += 1
-        if self._last_route is not None and route is not self._last_route:
-            self._emit(EventKind.REROUTED, route.name)
         if self._maybe_started:
+            self._resubmits += 1
             self.possible_duplicate = True
-        self._emit(EventKind.SUBMITTED, route.name)
+        if self._emit_to is not None:
+            if self._last_route is not None and route is not self._last_route:
+                self._emit(EventKind.REROUTED, route.name)
+            self._emit(EventKind.SUBMITTED, route.name)
         started = time.monotonic()
         try:
-            route.health.submits += 1
-            try:
-                answer = await self._wire.call(
-                    route,
-                    self._wire.endpoints.img2img,
-                    body,
-                    read_timeout=self._read_timeout(self._wire.timeouts.submit_read),
-                    phase="submit",
-                    defaults=route.extra_body,
-                )
-                if answer.status == "success" and not _has_images(answer) and answer.id is None:
-                    raise ResponseFormatError(
-                        "success without images or id", status_code=200, server=route.name
-                    )
-            except ModelsLabError as error:
-                logger.debug("submit to %s failed: %r", route.name, error)
-                self._record(route, "submit", error)
-                self._pool.record_error(route, error)
-                self._maybe_started = self._maybe_started or may_have_started(error)
-                self._avoid.add(route)
-                self._last_route = route
-                raise
-            self._pool.record_answer(route)
-            self._record(route, "submit", None, answer.status)
-            self._last_route = route
-            if answer.status == "failed":
-                raise JobFailedError(
-                    answer.message or "failed", request_id=answer.id, server=route.name
-                )
-            if answer.status == "success" and _has_images(answer):
-                result = self.result(route, answer)
-            else:
-                result = await self._queued(route, answer)
+            result = await self._submit_on(lease)
         finally:
-            self._pool.release(lease)
-        route.health.record_job(time.monotonic() - started)
+            self._scheduler.release(lease)
+        self._scheduler.record_job(route, time.monotonic() - started)
         return result
 
+    async def _submit_on(self, lease: Lease) -> ImageResult:
+        route = lease.route
+        route.health.submits += 1
+        self._last_route = route
+        try:
+            answer = await self._wire.call(
+                route,
+                self._wire.endpoints.img2img,
+                self._body,
+                read_timeout=self._read_timeout(self._wire.timeouts.submit_read),
+                phase="submit",
+                defaults=route.extra_body,
+            )
+            if answer.status == "success" and not _has_images(answer) and answer.id is None:
+                raise ResponseFormatError(
+                    "success without images or id", status_code=200, server=route.name
+                )
+        except ModelsLabError as error:
+            logger.debug("submit to %s failed: %r", route.name, error)
+            self._failed_call(route, "submit", error, lease.probe)
+            raise
+        self._scheduler.record_success(route, probe=lease.probe)
+        self._record(route, "submit", None, answer.status)
+        if answer.status == "failed":
+            raise JobFailedError(
+                answer.message or "failed", request_id=answer.id, server=route.name
+            )
+        if answer.status == "success" and _has_images(answer):
+            return self.result(route, answer)
+        return await self._queued(route, answer)
+
     async def _queued(self, route: Route, answer: ApiResponse) -> ImageResult:
-        assert answer.id is not None  # noqa: S101 - classify() guarantees it on submit
+        if answer.id is None:  # classify() lets no id-less "processing" through on a submit
+            raise ResponseFormatError(
+                "processing without an id", status_code=200, server=route.name
+            )
         self.request_id, self.route = answer.id, route
         self._emit(EventKind.QUEUED, route.name, eta=answer.eta)
         route.processing += 1
@@ -292,21 +325,16 @@ class JobRunner:
                     read_timeout=self._read_timeout(self._wire.timeouts.fetch_read),
                     phase="fetch",
                 )
-            except APIError as error:
-                self._record(route, "fetch", error)
-                if not _transient(error):
+            except ModelsLabError as error:
+                verdict = self._failed_call(route, "fetch", error, False)
+                if not verdict.transient:
+                    message = getattr(error, "api_message", error.message)
                     raise JobFailedError(
-                        error.api_message, request_id=request_id, server=route.name
+                        message, request_id=request_id, server=route.name
                     ) from error
-                self._pool.record_error(route, error)
-                eta = error.retry_after if isinstance(error, RateLimitError) else None
+                eta = self._retry.server_wait(error) if isinstance(error, RateLimitError) else None
                 continue
-            except ModelsLabError as error:  # transport or malformed: the job is still there
-                self._record(route, "fetch", error)
-                self._pool.record_error(route, error)
-                eta = None
-                continue
-            self._pool.record_answer(route)
+            self._scheduler.record_success(route, probe=False)
             if answer.status == "success" and _has_images(answer):
                 self._record(route, "fetch", None, "success")
                 return answer
@@ -350,6 +378,7 @@ class JobRunner:
             attempts=max(self._submits, 1),
             elapsed=time.monotonic() - self._started,
             possible_duplicate=self.possible_duplicate,
+            track_id=self.track_id,
         )
 
     def _emit(
@@ -362,41 +391,27 @@ class JobRunner:
         error: str | None = None,
         result: ImageResult | None = None,
     ) -> None:
-        progress = self._progress
-        if progress is not None:
-            if kind is EventKind.QUEUED:
-                self._in_queue = True
-                progress.queued += 1
-            elif kind is EventKind.RETRIED:
-                progress.retries += 1
-            elif kind is EventKind.REROUTED:
-                progress.reroutes += 1
-            elif self._in_queue and (kind is EventKind.DONE or kind is EventKind.FAILED):
-                self._in_queue = False
-                progress.queued -= 1
-        if self._emit_to is not None:
-            self._emit_to(
-                JobEvent(
-                    kind=kind,
-                    job_id=self._job_id,
-                    index=self._index,
-                    server=server if server is not None or self.route is None else self.route.name,
-                    attempt=self._submits,
-                    eta=eta,
-                    wait=wait,
-                    error=error,
-                    request_id=self.request_id,
-                    result=result,
-                )
-            )
+        handler = self._emit_to
+        if handler is None:
+            return
+        deliver(
+            handler,
+            JobEvent(
+                kind=kind,
+                server=server if server is not None or self.route is None else self.route.name,
+                attempt=self._submits,
+                eta=eta,
+                wait=wait,
+                error=error,
+                request_id=self.request_id,
+                track_id=self.track_id,
+                result=result,
+            ),
+        )
 
 
 def _has_images(answer: ApiResponse) -> bool:
     return bool(answer.output or answer.proxy_links)
-
-
-def _transient(error: APIError) -> bool:
-    return isinstance(error, RateLimitError | ServerBusyError | ServerError)
 
 
 def _with_meta(answer: ApiResponse, meta: Mapping[str, Any]) -> ApiResponse:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from attrs import field, frozen
@@ -22,7 +22,6 @@ from attrs import field, frozen
 from ._errors import InvalidRequestError
 
 __all__ = [
-    "Attempt",
     "ImageResult",
     "Img2ImgRequest",
     "JobStatus",
@@ -306,26 +305,6 @@ class Img2ImgRequest:
 
 
 @frozen(kw_only=True)
-class Attempt:
-    """
-    One try at one phase of a job, kept so that a failure can explain itself.
-
-    Attributes:
-        server: Name of the server (or route) tried.
-        phase: ``"submit"`` or ``"fetch"``.
-        error: The error's type name, or None when the attempt succeeded.
-        detail: The error's message, or the status the server answered.
-        waited: Seconds waited before this attempt (backoff, Retry-After, cooldown).
-    """
-
-    server: str
-    phase: Literal["submit", "fetch"]
-    error: str | None
-    detail: str
-    waited: float = 0.0
-
-
-@frozen(kw_only=True)
 class ImageResult:
     """
     A finished img2img job.
@@ -341,6 +320,7 @@ class ImageResult:
         attempts: How many submit attempts it took.
         elapsed: Seconds from the first attempt to the result.
         possible_duplicate: True when an earlier attempt may also have run the job.
+        track_id: The job's ``track_id``, sent with every submit and echoed in webhooks.
     """
 
     id: str | None
@@ -353,6 +333,7 @@ class ImageResult:
     attempts: int = 1
     elapsed: float = 0.0
     possible_duplicate: bool = False
+    track_id: str | None = None
 
 
 @frozen(kw_only=True)

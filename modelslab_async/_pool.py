@@ -9,19 +9,16 @@ working on queued jobs is counted as busy, not only while an HTTP call is open.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any, Literal, get_args
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, get_args
 
-from ._errors import InvalidRequestError, NoServerAvailableError
-from ._health import BreakerState, HealthPolicy
-from ._server import Lease, Route, Server, ServerSnapshot
+from ._errors import InvalidRequestError
+from ._health import HealthPolicy
+from ._scheduler import Scheduler
+from ._server import Route, Server, ServerSnapshot
 
-logger = logging.getLogger("modelslab_async")
-
-__all__ = ["Routing", "ServerPool"]
+__all__ = ["Routing", "ServerPool", "route_of", "scheduler_of"]
 
 Routing = Literal["first-server", "least-busy", "round-robin"]
 
@@ -29,6 +26,11 @@ Routing = Literal["first-server", "least-busy", "round-robin"]
 class ServerPool:
     """
     The enterprise servers a client sends jobs to, and how it chooses among them.
+
+    Jobs wait for a slot in line: a higher ``priority`` first, first come first served within
+    a priority; a freed slot is handed to the next job in line that can use it. So that low
+    priorities are not starved, once a job is the longest waiting of all, at most
+    ``max_overtakes`` later jobs are served before it.
 
     Args:
         servers: :class:`Server` values, or plain keys (named ``server-1``, ``server-2``...).
@@ -41,6 +43,7 @@ class ServerPool:
         health: When servers are taken out of rotation.
         loadbalancer_flag: Also send ``loadbalancer: "yes"`` on the first-server path and
             ``"no"`` on the first server's own route (older deployments read this flag).
+        max_overtakes: The starvation guard (see above).
         clock: Monotonic clock in seconds (tests pass a controlled one).
 
     Raises:
@@ -54,6 +57,7 @@ class ServerPool:
         routing: Routing = "first-server",
         health: HealthPolicy | None = None,
         loadbalancer_flag: bool = True,
+        max_overtakes: int = 32,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         listed = [
@@ -61,18 +65,22 @@ class ServerPool:
             for i, s in enumerate(servers)
         ]
         _check_servers(listed, routing)
+        _check_count("max_overtakes", max_overtakes)
         self.servers: tuple[Server, ...] = tuple(listed)
         self.routing: Routing = routing
         self.health_policy = health or HealthPolicy()
         self._clock = clock
-        self._routes = self._build_routes(loadbalancer_flag)
         self._limit = sum(s.max_concurrency for s in listed)
-        self._active = 0
-        self._waiters: list[asyncio.Future[None]] = []
-        self._next = 0
+        self._scheduler = Scheduler(
+            self._build_routes(loadbalancer_flag),
+            routing=routing,
+            limit=self._limit,
+            clock=clock,
+            max_overtakes=max_overtakes,
+        )
 
-    def _build_routes(self, flag: bool) -> tuple[Route, ...]:
-        def route(server: Server, extra: dict[str, str]) -> Route:
+    def _build_routes(self, flag: bool) -> list[Route]:
+        def route(server: Server, extra: dict[str, str], index: int) -> Route:
             return Route(
                 name=server.name,
                 key=server.key,
@@ -80,6 +88,7 @@ class ServerPool:
                 kind="server",
                 extra_body=extra,
                 health=self.health_policy,
+                index=index,
             )
 
         first, *others = self.servers
@@ -87,23 +96,24 @@ class ServerPool:
             balancer = Route(
                 name=f"{first.name} (balancer)",
                 key=first.key,
-                capacity=sum(s.max_concurrency for s in self.servers),
+                capacity=self._limit,
                 kind="balancer",
                 extra_body={"loadbalancer": "yes"} if flag else {},
                 health=self.health_policy,
             )
-            return (balancer, *(route(s, {}) for s in others))
-        return (
-            route(first, {"loadbalancer": "no"} if flag else {}),
-            *(route(s, {}) for s in others),
-        )
+            return [balancer, *(route(s, {}, i + 1) for i, s in enumerate(others))]
+        return [
+            route(first, {"loadbalancer": "no"} if flag else {}, 0),
+            *(route(s, {}, i + 1) for i, s in enumerate(others)),
+        ]
 
     def __repr__(self) -> str:
-        processing = sum(r.processing for r in self._routes)
+        scheduler = self._scheduler
+        processing = sum(r.processing for r in scheduler.routes)
         return (
             f"<ServerPool {self.routing} servers={len(self.servers)} "
-            f"active={self._active}/{self._limit} processing={processing} "
-            f"waiting={len(self._waiters)}>"
+            f"active={scheduler.active}/{self._limit} processing={processing} "
+            f"waiting={scheduler.waiting}>"
         )
 
     @property
@@ -112,178 +122,31 @@ class ServerPool:
         return self._limit
 
     @property
-    def routes(self) -> Sequence[Route]:
-        """The routes, the default one first."""
-        return self._routes
+    def active(self) -> int:
+        """Jobs holding a slot now."""
+        return self._scheduler.active
 
-    def route(self, name: str | None) -> Route:
-        """The route with this name (a server's name), or the default route for None."""
-        if name is None:
-            return self._routes[0]
-        name = name.removesuffix(" (balancer)")  # same key, whatever the routing mode
-        for candidate in self._routes:
-            if name in (candidate.name, candidate.fingerprint):
-                return candidate
-        for server, candidate in zip(self.servers, self._routes, strict=False):
-            if server.name == name:
-                return candidate
-        names = ", ".join(r.name for r in self._routes)
-        raise InvalidRequestError("server", f"no server named {name!r}", allowed=names)
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting in line for a slot now."""
+        return self._scheduler.waiting
 
-    # --- taking and giving back slots ---------------------------------------------------------
-
-    async def acquire(
-        self,
-        *,
-        deadline: float | None = None,
-        avoid: Collection[Route] = (),
-        pinned: Route | None = None,
-    ) -> Lease:
+    def route_name(self, name: str | None) -> str:
         """
-        Wait for a slot and return it.
-
-        Args:
-            deadline: Clock time after which to give up.
-            avoid: Routes to use only when nothing else is available (they just failed).
-            pinned: Take a slot on this route only (a job's fetches follow its submit key),
-                whatever its health.
+        The name the pool uses for a server given by its name or key fingerprint (the
+        first-server path's name for None). ``"gpu-1 (balancer)"`` and ``"gpu-1"`` name the same
+        key, so jobs accepted under one routing mode can be collected under another.
 
         Raises:
-            NoServerAvailableError: No route can take the job before the deadline.
+            InvalidRequestError: No server has that name.
         """
-        started = self._clock()
-        while True:
-            lease = self._try_take(avoid, pinned)
-            if lease is not None:
-                return lease
-            now = self._clock()
-            wake_at = None if pinned is not None else self._next_recovery(now)
-            if deadline is not None and (now >= deadline or (wake_at or now) > deadline):
-                raise NoServerAvailableError(self._why_unavailable(now), waited=now - started)
-            limits = [t for t in (wake_at, deadline) if t is not None]
-            await self._wait(max(min(limits) - now, 0.001) if limits else None)
-
-    async def _wait(self, timeout: float | None) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            async with asyncio.timeout(timeout):
-                await waiter
-        except TimeoutError:
-            pass
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def release(self, lease: Lease) -> None:
-        """Give a slot back; safe to call once per lease."""
-        route = lease.route
-        route.active -= 1
-        self._active -= 1
-        if lease.probe and route.health.breaker.state is BreakerState.HALF_OPEN:
-            route.health.breaker.probe_in_flight = False
-        self._wake()
-
-    def _try_take(self, avoid: Collection[Route], pinned: Route | None) -> Lease | None:
-        if self._active >= self._limit:
-            return None
-        if pinned is not None:
-            return self._take(pinned) if pinned.active < pinned.capacity else None
-        now = self._clock()
-        free = [r for r in self._routes if r.active < r.capacity and r.health.available(now)]
-        if not free:
-            return None
-        preferred = [r for r in free if r not in avoid] or free
-        return self._take(self._choose(preferred))
-
-    def _choose(self, free: Sequence[Route]) -> Route:
-        if self.routing == "round-robin":
-            count = len(self._routes)
-            for step in range(count):
-                candidate = self._routes[(self._next + step) % count]
-                if candidate in free:
-                    self._next = (self._next + step + 1) % count
-                    return candidate
-        if self.routing == "first-server" and free[0].kind == "balancer":
-            return free[0]
-        known = [r.health.service_time for r in free if r.health.service_time is not None]
-        typical = sum(known) / len(known) if known else 1.0
-
-        def expected_finish(route: Route) -> float:
-            service = route.health.service_time or typical
-            return (route.active + 1) * service / route.capacity
-
-        return min(free, key=expected_finish)
-
-    def _take(self, route: Route) -> Lease:
-        probe = route.health.breaker.state is BreakerState.HALF_OPEN
-        if probe:
-            route.health.breaker.probe_in_flight = True
-        route.active += 1
-        self._active += 1
-        return Lease(route, probe)
-
-    def _next_recovery(self, now: float) -> float | None:
-        """
-        When the first unhealthy route recovers, if every route is unhealthy; None when some
-        route is merely full (a release will wake the waiter) or waits on its probe.
-        """
-        times = []
-        for route in self._routes:
-            if route.health.available(now):
-                return None
-            if route.health.breaker.state is not BreakerState.HALF_OPEN:
-                times.append(route.health.recovers_at(now))
-        return min(times) if times else None
-
-    def _why_unavailable(self, now: float) -> str:
-        parts = [f"{s.name}: {s.state}" for s in self.snapshot(now)]
-        return "no server could take the job in time (" + "; ".join(parts) + ")"
-
-    # --- health -------------------------------------------------------------------------------
-
-    def can_reroute(self, failed: Route | None) -> bool:
-        """Whether a route other than ``failed`` can take a job right now."""
-        if self._active >= self._limit:
-            return False
-        now = self._clock()
-        return any(
-            route is not failed and route.active < route.capacity and route.health.available(now)
-            for route in self._routes
-        )
-
-    def record_error(self, route: Route, error: Any) -> None:
-        """Account a failed call against a route's health."""
-        was = route.health.breaker.state
-        route.health.record_error(self._clock(), error)
-        now = route.health.breaker.state
-        if now is BreakerState.OPEN and was is not BreakerState.OPEN:
-            logger.warning(
-                "server %s taken out of rotation for %gs after %s",
-                route.name,
-                self.health_policy.reset_timeout,
-                route.health.last_error,
-            )
-        self._wake()
-
-    def record_answer(self, route: Route) -> None:
-        """A call to the route got a usable answer: its breaker closes."""
-        if route.health.breaker.state is not BreakerState.CLOSED:
-            logger.info("server %s is back in rotation", route.name)
-            route.health.breaker.record_success()
-            self._wake()
+        return route_of(self, name).name
 
     def snapshot(self, now: float | None = None) -> list[ServerSnapshot]:
         """Each route's state now, default route first."""
         now = self._clock() if now is None else now
         shots = []
-        for route in self._routes:
+        for route in self._scheduler.routes:
             health = route.health
             state = str(health.breaker.state)
             cooldown = max(0.0, health.cooldown_until - now)
@@ -312,6 +175,31 @@ class ServerPool:
                 )
             )
         return shots
+
+
+def scheduler_of(pool: ServerPool) -> Scheduler:
+    """The pool's scheduler, for the client's job runners (not part of the public API)."""
+    return pool._scheduler
+
+
+def route_of(pool: ServerPool, name: str | None) -> Route:
+    """The route for a server name or fingerprint (the default route for None)."""
+    routes: Sequence[Route] = pool._scheduler.routes
+    if name is None:
+        return routes[0]
+    found = pool._scheduler.lookup(name.removesuffix(" (balancer)"))
+    if found is not None:
+        return found
+    for server, candidate in zip(pool.servers, routes, strict=False):
+        if server.name == name.removesuffix(" (balancer)"):
+            return candidate
+    names = ", ".join(r.name for r in routes)
+    raise InvalidRequestError("server", f"no server named {name!r}", allowed=names)
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequestError(name, f"{value!r}", allowed="integers >= 0")
 
 
 def _check_servers(servers: Sequence[Server], routing: str) -> None:

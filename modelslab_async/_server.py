@@ -48,10 +48,13 @@ class Route:
         "fingerprint",
         "health",
         "in_flight",
+        "index",
         "key",
         "kind",
         "name",
+        "place",
         "processing",
+        "version",
     )
 
     def __init__(
@@ -63,7 +66,9 @@ class Route:
         kind: Literal["balancer", "server"],
         extra_body: dict[str, str],
         health: HealthPolicy,
+        index: int = 0,
     ) -> None:
+        self.index = index  # position in the pool, for stable tie-breaks
         self.name = name
         self.key = key
         self.fingerprint = fingerprint(key)
@@ -74,6 +79,11 @@ class Route:
         self.active = 0  # jobs holding a slot: submitting, queued on the server, or fetching
         self.in_flight = 0  # HTTP calls open right now
         self.processing = 0  # jobs the server answered "processing" for and not yet collected
+        # The scheduler's bookkeeping: where the route sits (ready to take a job, full,
+        # resting until it recovers, or waiting for its probe's outcome), and the version of
+        # its entry in the scheduler's heaps (older entries are stale).
+        self.place = "ready"
+        self.version = 0
 
     def __repr__(self) -> str:
         return (
@@ -124,9 +134,15 @@ class ServerSnapshot:
     latency_p95: float | None
 
 
-@frozen
 class Lease:
-    """A slot on one route, held by one job until it is released."""
+    """A slot on one route, held by one job until it is released (once; again is a no-op)."""
 
-    route: Route
-    probe: bool = False
+    __slots__ = ("probe", "released", "route")
+
+    def __init__(self, route: Route, probe: bool = False) -> None:
+        self.route = route
+        self.probe = probe  # this job's first call is the half-open probe of its route
+        self.released = False
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.route.name}{' probe' if self.probe else ''}>"

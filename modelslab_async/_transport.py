@@ -5,21 +5,59 @@ The client talks to a :class:`Transport`; :class:`AiohttpTransport` is the real 
 benchmarks may pass any object with the same three methods. No aiohttp exception crosses this
 boundary: connection failures before the request left become :class:`ConnectError`, failures
 after it left become :class:`ReadError`.
+
+Hostile servers exist: redirects are never followed (the API key travels in the body, and a
+redirect would carry it to another host), and every body is read up to a cap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol
 
 import aiohttp
 from attrs import frozen
+from yarl import URL
 
-from ._errors import ConnectError, ReadError, TransportError
+from ._errors import ConnectError, ReadError, RedirectError, ResponseFormatError, TransportError
 
-__all__ = ["AiohttpTransport", "RawResponse", "Transport"]
+__all__ = [
+    "DEFAULT_MAX_ANSWER_BYTES",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "AiohttpTransport",
+    "RawResponse",
+    "Transport",
+    "connection_limit",
+]
+
+#: Largest API answer read (base64 answers of four large images fit comfortably).
+DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
+#: Largest download read by :meth:`AiohttpTransport.get`.
+DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+
+#: OS errors that say the failure is ours (no descriptors or buffers left), not the server's.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def connection_limit(capacity: int) -> int:
+    """
+    How many connections a pool of ``capacity`` may open: two per slot and some spare, but
+    never more than the process's file-descriptor limit allows once a quarter of it (at
+    least 64) is left for files, downloads and logs.
+    """
+    wanted = max(100, 2 * capacity + 8)
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return wanted
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return wanted
+    return max(8, min(wanted, soft - max(64, soft // 4)))
 
 
 @frozen
@@ -49,12 +87,23 @@ class Transport(Protocol):
         ...
 
 
+def _is_local(exc: BaseException) -> bool:
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    return isinstance(cause, OSError) and cause.errno in LOCAL_ERRNOS
+
+
 def _mapped(exc: BaseException, server: str | None, url: str) -> TransportError | None:
     """Our error for an aiohttp (or socket) failure, or None when it is not one of those."""
+    if _is_local(exc):
+        return ConnectError(
+            f"no file descriptors or buffers left on this machine: {type(exc).__name__}",
+            server=server,
+            local=True,
+        )
     if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
         return ConnectError(f"could not connect: {type(exc).__name__}", server=server)
     if isinstance(exc, aiohttp.InvalidURL):
-        return ConnectError(f"invalid URL {url!r}", server=server)
+        return ConnectError(f"invalid URL {_shown(url)}", server=server)
     if isinstance(exc, aiohttp.SocketTimeoutError | aiohttp.ServerTimeoutError | TimeoutError):
         return ReadError("no answer within the read timeout", server=server, timed_out=True)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -62,6 +111,53 @@ def _mapped(exc: BaseException, server: str | None, url: str) -> TransportError 
     if isinstance(exc, aiohttp.ClientError | OSError):
         return ReadError(f"answer lost: {type(exc).__name__}", server=server)
     return None
+
+
+def _shown(url: str) -> str:
+    """A URL cut short for a message (no query string: it may carry a token)."""
+    return repr(url.split("?", 1)[0][:120])
+
+
+def check_url(url: str, server: str | None) -> None:
+    """Refuse a URL that is not absolute http(s) with a host, as a typed error."""
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        raise ConnectError(f"invalid URL {_shown(url)}", server=server) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConnectError(
+            f"invalid URL {_shown(url)}: only absolute http(s) URLs are fetched", server=server
+        )
+
+
+def _refuse_redirect(response: aiohttp.ClientResponse, server: str | None) -> None:
+    try:
+        host = URL(response.headers.get("location", "")).host
+    except (ValueError, TypeError):
+        host = None
+    raise RedirectError(response.status, host, server=server)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int, server: str | None) -> bytes:
+    declared = response.content_length
+    if declared is not None and declared > cap:
+        raise ResponseFormatError(
+            f"answer of {declared} bytes refused (the limit is {cap})",
+            status_code=response.status,
+            server=server,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > cap:
+            raise ResponseFormatError(
+                f"answer longer than {cap} bytes refused",
+                status_code=response.status,
+                server=server,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _send(
@@ -72,12 +168,17 @@ async def _send(
     body: Mapping[str, Any] | None,
     timeout: aiohttp.ClientTimeout,
     server: str | None,
+    cap: int,
 ) -> RawResponse:
-    """One request, its answer read whole; aiohttp's errors come out as ours."""
+    """One request, its answer read up to ``cap``; aiohttp's errors come out as ours."""
     try:
-        async with session.request(method, url, json=body, timeout=timeout) as response:
-            data = await response.read()
+        async with session.request(
+            method, url, json=body, timeout=timeout, allow_redirects=False
+        ) as response:
             status = response.status
+            if 300 <= status < 400:
+                _refuse_redirect(response, server)
+            data = await _read_capped(response, cap, server)
             headers = _headers(response) if status >= 400 else {}
             return RawResponse(status, headers, data)
     except Exception as exc:
@@ -100,11 +201,23 @@ class AiohttpTransport:
     Args:
         connect_timeout: Seconds to open a connection.
         limit: Most connections open at once (aiohttp's ``TCPConnector.limit``).
+        max_answer_bytes: Largest API answer read; a longer one is a
+            :class:`ResponseFormatError`.
+        max_download_bytes: Largest body :meth:`get` reads.
     """
 
-    def __init__(self, *, connect_timeout: float = 10.0, limit: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 10.0,
+        limit: int = 100,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+    ) -> None:
         self._connect_timeout = connect_timeout
         self._limit = limit
+        self._max_answer = max_answer_bytes
+        self._max_download = max_download_bytes
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -131,17 +244,20 @@ class AiohttpTransport:
             body=body,
             timeout=_client_timeout(timeout, self._connect_timeout),
             server=server,
+            cap=self._max_answer,
         )
 
-    def get(self, url: str, *, timeout: float) -> Coroutine[Any, Any, RawResponse]:
-        """GET ``url`` and read the whole answer."""
-        return _send(
+    async def get(self, url: str, *, timeout: float) -> RawResponse:
+        """GET an absolute http(s) ``url`` (no redirect followed) and read its body, capped."""
+        check_url(url, None)
+        return await _send(
             self._get_session(),
             "GET",
             url,
             body=None,
             timeout=_client_timeout(timeout, self._connect_timeout),
             server=None,
+            cap=self._max_download,
         )
 
     async def aclose(self) -> None:

@@ -31,7 +31,7 @@ from modelslab_async import (
 )
 from modelslab_async.testing import MockRequest, MockTransport, json_response
 
-from ._helpers import FAST_HEALTH, KEYS, make_request
+from ._helpers import FAST_HEALTH, KEYS, make_request, record_failure
 
 SUCCESS = {
     "status": "success",
@@ -80,7 +80,9 @@ async def test_a_quick_job_returns_its_images(make_mock_client: Build) -> None:
         "init_image": "https://example.com/cat.png",
         "samples": 1,
         "loadbalancer": "yes",
+        "track_id": result.track_id,
     } == dict(sent.body)
+    assert result.track_id and result.track_id.startswith("mla-")
 
 
 async def test_a_queued_job_is_polled_with_the_key_that_submitted_it(
@@ -432,15 +434,16 @@ async def test_busy_answers_cool_the_server_briefly(make_mock_client: Build) -> 
 async def test_background_probes_bring_a_broken_server_back_and_stop_on_close(
     make_mock_client: Build,
 ) -> None:
-    """With probe_interval, system_details probes close an open breaker; closing stops them."""
+    """With probe_interval, a system_details probe is the half-open probe that closes an open
+    breaker; closing the client stops them."""
     pool = ServerPool(
-        KEYS[:2], routing="least-busy", health=HealthPolicy(probe_interval=0.01, reset_timeout=60)
+        KEYS[:2], routing="least-busy", health=HealthPolicy(probe_interval=0.01, reset_timeout=0.05)
     )
     client, transport = make_mock_client(
         lambda request: json_response({"model_count": 1, "queue_time": 0, "status": "ok"}),
         servers=pool,
     )
-    pool.record_error(pool.routes[0], AuthenticationError("Invalid API key", status_code=401))
+    record_failure(pool, 0, AuthenticationError("Invalid API key", status_code=401))
     assert "open" == pool.snapshot()[0].state
     before = asyncio.all_tasks()
     async with client:

@@ -20,6 +20,7 @@ from modelslab_async import (
     JobTimeoutError,
     ServerPool,
 )
+from modelslab_async._pool import scheduler_of
 from modelslab_async.testing import MockRequest, MockTransport, json_response
 
 from ._helpers import FAST_HEALTH, KEYS, make_request
@@ -177,7 +178,7 @@ async def test_resumed_jobs_are_collected_not_resubmitted(make_mock_client: Buil
     [fetch] = transport.requests
     assert fetch.url.endswith("/fetch")
     assert {"request_id": "42"} == dict(fetch.body)
-    assert pool.routes[1].fingerprint == fetch.key_fingerprint
+    assert scheduler_of(pool).routes[1].fingerprint == fetch.key_fingerprint
 
 
 async def test_events_and_progress_totals(make_mock_client: Build) -> None:
@@ -242,12 +243,12 @@ async def test_cancelling_the_consumer_cancels_jobs_and_frees_slots(
         task = asyncio.create_task(consume())
         await started.wait()
         await asyncio.sleep(0.01)
-        assert 6 == sum(r.active for r in client.pool.routes)
+        assert 6 == sum(r.active for r in scheduler_of(client.pool).routes)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert before == asyncio.all_tasks()
-        assert 0 == sum(r.active + r.in_flight for r in client.pool.routes)
+        assert 0 == sum(r.active + r.in_flight for r in scheduler_of(client.pool).routes)
 
 
 async def test_breaking_out_with_aclosing_cancels_the_rest(make_mock_client: Build) -> None:
@@ -270,7 +271,7 @@ async def test_breaking_out_with_aclosing_cancels_the_rest(make_mock_client: Bui
                 assert outcome.ok
                 break
         assert before == asyncio.all_tasks()
-        assert 0 == sum(r.active for r in client.pool.routes)
+        assert 0 == sum(r.active for r in scheduler_of(client.pool).routes)
 
 
 async def test_batch_timeout_ends_jobs_in_flight_and_stops_reading(make_mock_client: Build) -> None:

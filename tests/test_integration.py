@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from attrs import evolve
 
 from modelslab_async import (
     APIError,
@@ -19,6 +20,7 @@ from modelslab_async import (
     Job,
     JobFailedError,
     JobOutcome,
+    ModelsLabError,
     RetryPolicy,
     Server,
     ServerPool,
@@ -113,10 +115,10 @@ async def test_sdk_paths_work_against_the_fake() -> None:
     "fault",
     [
         Fault.busy(count=2),
-        Fault.malformed(count=2),
+        Fault.malformed(count=1),
         Fault.server_error(status=500, count=2),
-        Fault.server_error(status=502, count=2),
-        Fault.drop(count=2),
+        Fault.server_error(status=502, count=1),
+        Fault.drop(count=1),
         Fault.drop(after_accept=True, count=1),
         Fault.rate_limit(retry_after=0.1, count=2),
         Fault.slow(0.05, count=1),
@@ -131,6 +133,27 @@ async def test_transient_faults_are_survived(fault: Fault) -> None:
             result = await client.img2img(make_request())
     assert result.output
     assert result.possible_duplicate is (fault.kind in ("drop", "malformed") or fault.status == 502)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.malformed(count=2), Fault.server_error(status=502, count=2), Fault.drop(count=2)],
+    ids=lambda fault: f"{fault.kind}-{fault.status}",
+)
+async def test_a_job_that_may_have_started_is_resubmitted_once_by_default(fault: Fault) -> None:
+    """Two lost answers in a row: the job ran on the server at most twice, then fails, flagged;
+    allowing two resubmits gets it through."""
+    async with started(spec("a")) as fake:
+        fake.add_fault(fault)
+        async with client_for(fake) as client:
+            with pytest.raises(ModelsLabError) as caught:
+                await client.img2img(make_request())
+        assert 2 == sum(r.endpoint == "submit" for r in fake.received)
+        assert caught.value.possible_duplicate
+        fake.add_fault(fault)
+        async with client_for(fake, retry=evolve(RETRY, max_resubmits=2)) as client:
+            result = await client.img2img(make_request())
+    assert result.possible_duplicate
 
 
 async def test_error_bodies_under_200_and_validation_messages_are_api_errors() -> None:

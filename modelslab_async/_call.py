@@ -1,0 +1,66 @@
+"""
+One API call: the key put into the body, the POST sent, the answer classified. Internal.
+
+This is the only place that puts a key into a request; every other layer refers to a server
+by its route's name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from attrs import frozen
+
+from ._config import Endpoints, Timeouts
+from ._models import ApiResponse
+from ._responses import classify
+from ._secrets import redact_body
+from ._server import Route
+from ._transport import Transport
+
+__all__ = ["Phase", "Wire"]
+
+logger = logging.getLogger("modelslab_async")
+
+Phase = Literal["submit", "fetch", "other"]
+
+
+@frozen
+class Wire:
+    """How to reach the API: transport, base URL, paths, timeouts."""
+
+    transport: Transport
+    base_url: str
+    endpoints: Endpoints
+    timeouts: Timeouts
+
+    async def call(
+        self,
+        route: Route,
+        path: str,
+        fields: Mapping[str, Any],
+        *,
+        read_timeout: float,
+        phase: Phase,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> ApiResponse:
+        """
+        POST ``fields`` plus the route's key to ``path``; return the classified answer.
+
+        ``defaults`` go in first, so a field of the caller's wins over them.
+        """
+        body = (
+            {**defaults, **fields, "key": route.key} if defaults else {**fields, "key": route.key}
+        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("POST %s to %s: %s", path, route.name, redact_body(body))
+        route.in_flight += 1
+        try:
+            raw = await self.transport.post_json(
+                f"{self.base_url}/{path}", body, timeout=read_timeout, server=route.name
+            )
+        finally:
+            route.in_flight -= 1
+        return classify(raw, server=route.name, phase=phase)
