@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.metadata as _metadata
 
 from ._client import Client
-from ._config import DEFAULT_BASE_URL, Endpoints, PollPolicy, Timeouts
+from ._config import DEFAULT, DEFAULT_BASE_URL, Default, Endpoints, PollPolicy, Timeouts
 from ._converter import request_from_wire, request_to_wire
 from ._dispatch import BatchProgress, Dispatcher, Job, JobClient, JobOutcome
 from ._errors import (
@@ -53,6 +53,8 @@ __all__ = [
     "BatchProgress",
     "Client",
     "ConnectError",
+    "DEFAULT",
+    "Default",
     "DEFAULT_BASE_URL",
     "Dispatcher",
     "Endpoints",

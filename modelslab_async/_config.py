@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import random
 from typing import Any
 
@@ -110,7 +111,7 @@ class PollPolicy:
 
     def delay(self, eta: float | None, previous: float | None) -> float:
         """Seconds to wait before the next look, given the server's eta and the last wait."""
-        if eta is not None and eta > 0:
+        if eta is not None and math.isfinite(eta) and eta > 0:
             base = eta * (1 + self.eta_margin)
         elif previous is None:
             base = self.initial_interval

@@ -226,7 +226,7 @@ class JobRunner:
             if verdict.elsewhere is Elsewhere.ONLY:
                 hold = math.inf if verdict.health is Health.FATAL else self._hold(route)
                 self._barred[route] = time.monotonic() + hold
-            elif verdict.elsewhere is Elsewhere.PREFER:
+            if verdict.elsewhere is not Elsewhere.ANY:
                 self._avoid.add(route)
         return verdict
 

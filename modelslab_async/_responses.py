@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from ._converter import parse_response
+from ._decisions import finite_wait
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -32,6 +33,7 @@ _KNOWN_STATUSES = frozenset({"success", "processing", "error", "failed"})
 _AUTH_WORDS = ("invalid api key", "invalid key", "key field is required", "unauthorized")
 _RATE_WORDS = ("rate limit", "too many requests")
 _SERVER_WORDS = ("internal server error", "temporarily unavailable", "server error")
+_BUSY_WORDS = ("server busy", "server is busy", "try again later")
 
 
 def retry_after_seconds(headers: Mapping[str, str], body_value: float | None) -> float | None:
@@ -41,18 +43,22 @@ def retry_after_seconds(headers: Mapping[str, str], body_value: float | None) ->
     ``Retry-After-Ms`` first, then the body's ``retry_after`` (ModelsLab's own field, which
     may be fractional), then ``Retry-After`` in seconds or as an HTTP date (whole seconds by
     the standard, so often a rounded-up copy of the body's value).
+
+    Whatever the server sent, the result is finite and non-negative (NaN and garbage are
+    ignored, infinity is capped); policies cap it further.
     """
     if (ms := headers.get("retry-after-ms")) is not None:
-        with contextlib.suppress(ValueError):
-            return max(float(ms) / 1000, 0.0)
-    if body_value is not None:
-        return max(body_value, 0.0)
+        with contextlib.suppress(ValueError, OverflowError):
+            if (wait := finite_wait(float(ms) / 1000)) is not None:
+                return wait
+    if (from_body := finite_wait(body_value)) is not None:
+        return from_body
     if (value := headers.get("retry-after")) is not None:
-        with contextlib.suppress(ValueError):
-            return max(float(value), 0.0)
-        with contextlib.suppress(ValueError, TypeError, IndexError):
+        with contextlib.suppress(ValueError, OverflowError):
+            return finite_wait(float(value))
+        with contextlib.suppress(ValueError, TypeError, IndexError, OverflowError):
             when = email.utils.parsedate_to_datetime(value).timestamp()
-            return max(when - time.time(), 0.0)
+            return finite_wait(when - time.time())
     return None
 
 
@@ -109,6 +115,8 @@ def _raise_if_error(raw: RawResponse, parsed: ApiResponse, server: str) -> None:
         )
     if any(word in lowered for word in _AUTH_WORDS):
         raise AuthenticationError(message, status_code=raw.status, server=server)
+    if any(word in lowered for word in _BUSY_WORDS):
+        raise ServerBusyError(message, status_code=raw.status, server=server)
     if any(word in lowered for word in _SERVER_WORDS):
         raise ServerError(message, status_code=raw.status, server=server)
     raise APIError(message, status_code=raw.status, server=server)
