@@ -83,19 +83,26 @@ async def test_least_loaded_uses_holders_weight_and_capacity(make_backend: MakeB
     assert A.server == slow.server
 
 
-async def test_an_expired_lease_is_dropped_and_never_taken_back(make_backend: MakeBackend) -> None:
-    """A holder that stops renewing loses its slot after lease_ttl; its late renewal fails."""
+async def test_an_expired_lease_is_dropped_then_counted_again_by_its_renewal(
+    make_backend: MakeBackend,
+) -> None:
+    """A holder that stops renewing loses its slot after lease_ttl; if it was only stalled, its
+    late renewal counts its still-running job again, so new jobs wait rather than overload."""
     one = SlotSpec("gpu-one:key-abcdef", capacity=1)
-    dead = make_backend(lease_ttl=0.3, auto_renew=False)
-    alive = make_backend(lease_ttl=0.3, auto_renew=False)
-    gone = holder()
-    assert await dead.acquire([one], holder=gone) is not None
-    assert await alive.acquire([one], holder=holder()) is None
+    stalled = make_backend(lease_ttl=0.3, auto_renew=False)
+    other = make_backend(lease_ttl=0.3, auto_renew=False)
+    job = holder()
+    assert await stalled.acquire([one], holder=job) is not None
+    assert await other.acquire([one], holder=holder()) is None
     await asyncio.sleep(0.35)
-    assert await alive.acquire([one], holder=holder()) is not None
-    await dead.renew([(one.server, gone)])  # lost: logged, not revived
-    assert 1 == (await alive.states([one.server]))[0].holders
-    assert "live=0" in repr(dead)
+    taken = holder()
+    assert await other.acquire([one], holder=taken) is not None
+    await stalled.renew([(one.server, job)])
+    assert 2 == (await other.states([one.server]))[0].holders
+    await other.release(one.server, taken)
+    assert await other.acquire([one], holder=holder()) is None
+    await stalled.release(one.server, job)
+    assert await other.acquire([one], holder=holder()) is not None
 
 
 async def test_live_leases_are_renewed_in_the_background(make_backend: MakeBackend) -> None:

@@ -34,12 +34,14 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_fail_mode_raises_a_typed_error_and_recovers(
     make_backend: MakeBackend, spare_redis: RedisServer, redis_api: ModuleType
 ) -> None:
-    """With Redis down every call but release raises BackendUnavailableError; back up, it works."""
+    """With Redis down every call but release raises BackendUnavailableError; once it is back
+    (empty) it works, and renewals count the jobs still running again."""
     from modelslab_async import ModelsLabError
 
     backend = make_backend(url=spare_redis.url, timeout=0.5)
-    job = holder()
+    job, kept = holder(), holder()
     assert await backend.acquire([FOUR], holder=job) is not None
+    assert await backend.acquire([FOUR], holder=kept) is not None
     spare_redis.stop()
     with pytest.raises(redis_api.BackendUnavailableError, match="unreachable") as caught:
         await backend.acquire([FOUR], holder=holder())
@@ -57,6 +59,8 @@ async def test_fail_mode_raises_a_typed_error_and_recovers(
     spare_redis.start()  # an empty server: what was stored is gone, as after a real restart
     assert await backend.acquire([FOUR], holder=holder()) is not None
     assert 1 == (await backend.states([FOUR.server]))[0].holders
+    await backend.renew([(FOUR.server, kept)])  # still running: counted again
+    assert 2 == (await backend.states([FOUR.server]))[0].holders
 
 
 async def test_an_unreachable_redis_fails_at_once(

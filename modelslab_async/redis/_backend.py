@@ -6,31 +6,28 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from .._backend import BreakerView, Grant, SharedState, SlotSpec
 from . import _scripts
 from ._errors import BackendUnavailableError
+from ._fallback import UNAVAILABLE, Fallback, OnUnavailable
 from ._local import LocalShare
 from ._wakeup import Wakeups
 
-__all__ = ["OnUnavailable", "RedisBackend"]
+__all__ = ["RedisBackend"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("modelslab_async.redis")
 
-OnUnavailable = Literal["fail", "local-share"]
-T = TypeVar("T")
-
-_UNAVAILABLE = (RedisError, OSError)
 _BREAKER_VIEWS: tuple[BreakerView, ...] = ("closed", "open", "half-open")
 
 
@@ -46,34 +43,17 @@ class RedisBackend:
     :meth:`from_url` (or pass a ``redis.asyncio.Redis`` you configured), hand it to each
     process's pool, and close it with :meth:`aclose` (or use ``async with``).
 
-    Guarantees:
-
-    - **Capacity.** A server never has more live leases than its capacity: the check and the
-      take are one Lua script, timed by Redis's clock. A lease lives ``lease_ttl`` seconds and
-      is renewed every ``lease_ttl / 3`` while its job runs, so a crashed process's slots come
-      back within ``lease_ttl``. Release is by holder id: double and late releases are no-ops.
-    - **Cooldowns** only lengthen and are read by the acquire script itself, never from a copy.
-    - **Breakers** are shared; exactly one holder in all processes gets the half-open probe.
-    - **Wake-ups.** A release that frees a slot is published; every process's waiters return
-      from :meth:`wait_for_release` within about a millisecond on loopback. There is no order
-      *across* processes: the woken processes race, the first acquire script to run wins, and
-      a process has no bound on how many races it can lose (no starvation guarantee). Pub/sub
-      is lossy, so waits are also capped by ``poll_interval``. Order *within* a process
-      (FIFO per priority) is the pool's job: it should let only its first waiter wait here.
-    - **Redis unreachable.** ``on_unavailable="fail"``: calls raise
-      :class:`BackendUnavailableError` (``release`` never raises; its lease just expires).
-      ``"local-share"``: each server gets ``capacity // expected_processes`` slots (at least 1)
-      in this process, logged once; Redis is tried again every ``reconnect_interval``, and on
-      its return the leases taken meanwhile are counted there before anything else is granted.
-    - **No API keys.** Only the slot ids (name and key fingerprint) and holder ids the pool
-      passes are stored.
+    The guarantees (capacity, cooldowns, breakers, wake-ups, an unreachable Redis, no API
+    keys) are those of :mod:`modelslab_async.redis`. One backend per process and event loop.
 
     Args:
         client: A ``redis.asyncio.Redis``; closed by :meth:`aclose` only when built by
             :meth:`from_url`.
         namespace: Prefix (and Cluster hash tag) of every key; pools sharing servers share it.
         lease_ttl: Seconds a lease lives without renewal.
-        on_unavailable: ``"fail"`` or ``"local-share"``, see above.
+        on_unavailable: ``"fail"``: calls raise :class:`BackendUnavailableError` while Redis
+            is unreachable. ``"local-share"``: this process then uses ``capacity //
+            expected_processes`` (at least one) of each server, until Redis answers again.
         expected_processes: How many processes share the servers; needed by ``"local-share"``.
         poll_interval: Longest wait in :meth:`wait_for_release` without a message.
         reconnect_interval: How often a backend in local-share mode tries Redis again.
@@ -95,10 +75,6 @@ class RedisBackend:
     ) -> None:
         if not lease_ttl > 0:
             raise ValueError(f"lease_ttl must be positive, not {lease_ttl!r}")
-        if on_unavailable not in ("fail", "local-share"):
-            raise ValueError(f"on_unavailable must be 'fail' or 'local-share': {on_unavailable!r}")
-        if on_unavailable == "local-share" and (expected_processes or 0) < 1:
-            raise ValueError("on_unavailable='local-share' needs expected_processes >= 1")
         self._client = client
         self._owns_client = False
         self._keys = _scripts.Keys(namespace)
@@ -108,21 +84,24 @@ class RedisBackend:
         self.expected_processes = expected_processes
         self._lease_ms = _ms(lease_ttl)
         self._poll_interval = poll_interval
-        self._reconnect_interval = reconnect_interval
         self._auto_renew = auto_renew
         register = client.register_script
         self._acquire = register(_scripts.ACQUIRE)
         self._renew = register(_scripts.RENEW)
-        self._adopt = register(_scripts.ADOPT)
         self._release = register(_scripts.RELEASE)
         self._cool_down = register(_scripts.COOL_DOWN)
         self._failure = register(_scripts.FAILURE)
         self._success = register(_scripts.SUCCESS)
         self._states = register(_scripts.STATES)
         self._live: dict[tuple[str, str], None] = {}  # (server, holder) of leases held here
-        self._capacity: dict[str, int] = {}
-        self._local: LocalShare | None = None  # set while Redis is unreachable (local-share)
-        self._retry_at = 0.0
+        self._fallback = Fallback(
+            on_unavailable,
+            expected_processes=expected_processes,
+            lease_ttl=lease_ttl,
+            reconnect_interval=reconnect_interval,
+            held=lambda: list(self._live),
+            hand_back=self._hand_back,
+        )
         self._renew_failing = False
         self._wakeups = Wakeups(client, self._keys.channel)
         self._seen: ContextVar[int | None] = ContextVar(f"modelslab-redis-{id(self)}", default=None)
@@ -172,7 +151,7 @@ class RedisBackend:
         return backend
 
     def __repr__(self) -> str:
-        mode = "local-share" if self._local is not None else "redis"
+        mode = "local-share" if self.local_share else "redis"
         return (
             f"<RedisBackend namespace={self.namespace!r} mode={mode} "
             f"live={len(self._live)} lease_ttl={self.lease_ttl}>"
@@ -180,7 +159,11 @@ class RedisBackend:
 
     async def __aenter__(self) -> Self:
         """Check that Redis answers (or enter local-share mode) and subscribe to releases."""
-        await self._run(lambda: self._bool(self._client.ping()), lambda local: True)
+        try:
+            await self._run(lambda: self._bool(self._client.ping()), lambda local: True)
+        except BaseException:
+            await self.aclose()
+            raise
         self._wakeups.start()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._poll_interval):
@@ -198,7 +181,7 @@ class RedisBackend:
     @property
     def local_share(self) -> bool:
         """True while Redis is unreachable and this process uses its local share."""
-        return self._local is not None
+        return self._fallback.local is not None
 
     # -- the protocol ---------------------------------------------------------------------
 
@@ -226,8 +209,6 @@ class RedisBackend:
         weights = list(weights) if weights is not None else [1.0] * len(candidates)
         if len(weights) != len(candidates):
             raise ValueError("weights must have one value per candidate")
-        for spec in candidates:
-            self._capacity[spec.server] = spec.capacity
         self._seen.set(self._wakeups.generation)
         grant = await self._run(
             lambda: self._acquire_remote(candidates, holder, least_loaded, weights),
@@ -254,7 +235,7 @@ class RedisBackend:
             args += [spec.capacity, repr(float(weight))]
         try:
             index, probe = await self._acquire(keys=keys, args=args)
-        except (asyncio.CancelledError, *_UNAVAILABLE):
+        except (asyncio.CancelledError, *UNAVAILABLE):
             # The script may have run and the answer been lost: give back what it may have
             # taken (best effort, in the background) rather than leave it to expire.
             self._spawn(self._release_remote([c.server for c in candidates], holder))
@@ -292,8 +273,9 @@ class RedisBackend:
     async def renew(self, leases: Sequence[tuple[str, str]]) -> None:
         """
         Extend the leases ``(server, holder)`` of live jobs by ``lease_ttl``. A lease that
-        has already expired and been dropped is lost (logged): it is never taken back,
-        because its slot may be someone else's now.
+        had already expired and been dropped (this process stalled longer than ``lease_ttl``,
+        or Redis lost its data) is counted again, with a warning: its job is still running on
+        the server, so it occupies a slot whoever was granted one meanwhile; new jobs wait.
 
         Raises:
             BackendUnavailableError: Redis is unreachable and ``on_unavailable="fail"``.
@@ -305,10 +287,9 @@ class RedisBackend:
             lambda: self._renew_remote(leases), lambda local: local.renew(leases)
         )
         for server, holder in lost:
-            self._live.pop((server, holder), None)
             logger.warning(
-                "lease of %s on %s expired before it was renewed: the slot may be in use "
-                "by another job (is lease_ttl shorter than a stall of this process?)",
+                "the lease of %s on %s had expired before it was renewed (a stall longer "
+                "than lease_ttl, or Redis lost its data); its running job is counted again",
                 holder,
                 server,
             )
@@ -378,7 +359,7 @@ class RedisBackend:
             lambda: self._bool(self._success(keys=keys, args=args)),
             lambda local: local.record_success(server, probe=probe),
         )
-        if closed and self._local is not None:
+        if closed and self.local_share:
             self._wakeups.notify()
 
     async def states(self, servers: Sequence[str]) -> list[SharedState]:
@@ -432,8 +413,10 @@ class RedisBackend:
         if self._closed:
             return
         self._closed = True
-        if self._background:
-            await asyncio.wait(self._background, timeout=self.lease_ttl)
+        if self._background:  # best-effort releases of cancelled acquires: a short grace
+            _, late = await asyncio.wait(self._background, timeout=min(self.lease_ttl, 2.0))
+            for task in late:
+                task.cancel()
         tasks = [t for t in (self._renewer, self._wakeups.task) if t is not None]
         for task in tasks:
             task.cancel()
@@ -446,42 +429,12 @@ class RedisBackend:
     async def _run(self, remote: Callable[[], Awaitable[T]], local: Callable[[LocalShare], T]) -> T:
         if self._closed:
             raise RuntimeError("the RedisBackend is closed")
-        if self._local is not None and time.monotonic() < self._retry_at:
-            return local(self._local)
-        try:
-            if self._local is not None:
-                await self._hand_back(self._local)
-            result = await remote()
-        except _UNAVAILABLE as exc:
-            return local(self._unavailable(exc))
-        if self._local is not None:
-            self._local = None
-            logger.warning("Redis answers again: the servers' full shared capacity is back")
-        return result
-
-    def _unavailable(self, exc: BaseException) -> LocalShare:
-        if self.on_unavailable == "fail":
-            raise BackendUnavailableError(f"Redis is unreachable: {exc}") from exc
-        self._retry_at = time.monotonic() + self._reconnect_interval
-        if self._local is None:
-            processes = self.expected_processes or 1  # set: checked in __init__
-            self._local = LocalShare(processes, self.lease_ttl)
-            for server, holder in self._live:
-                self._local.hold(server, holder)
-            logger.warning(
-                "Redis is unreachable (%s): this process now uses 1/%d of each server's "
-                "capacity (at least one slot) until Redis answers again",
-                exc,
-                processes,
-            )
-        return self._local
+        return await self._fallback.run(remote, local)
 
     async def _hand_back(self, local: LocalShare) -> None:
         """Redis is back: count there the leases and cooldowns taken in the meantime."""
         if self._live:
-            leases = list(self._live)
-            keys = [self._keys.slots(server) for server, _ in leases]
-            await self._adopt(keys=keys, args=[self._lease_ms, *(h for _, h in leases)])
+            await self._renew_remote(list(self._live))  # re-adds the leases Redis lost
         for server, left in local.cooldowns().items():
             await self._cool_down_remote(server, left)
 
@@ -515,7 +468,7 @@ class RedisBackend:
 
     def _spawn(self, work: Awaitable[None]) -> None:
         async def guarded() -> None:
-            with contextlib.suppress(*_UNAVAILABLE):
+            with contextlib.suppress(*UNAVAILABLE):
                 await work
 
         task = asyncio.get_running_loop().create_task(guarded())

@@ -117,15 +117,14 @@ class LocalShare:
         return state.holders.pop(holder, None) is not None
 
     def renew(self, leases: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Extend live leases; returns the ones that were lost."""
+        """Extend live leases (a dropped one is counted again); returns the dropped ones."""
         now = self._clock()
         lost = []
         for server, holder in leases:
-            holders = self._server(server).holders
-            if holder in holders:
-                holders[holder] = now + self._lease_ttl
-            else:
+            holders = self._held(server, now)
+            if holder not in holders:
                 lost.append((server, holder))
+            holders[holder] = now + self._lease_ttl
         return lost
 
     def cool_down(self, server: str, seconds: float) -> None:

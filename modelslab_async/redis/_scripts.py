@@ -26,7 +26,6 @@ from __future__ import annotations
 
 __all__ = [
     "ACQUIRE",
-    "ADOPT",
     "COOL_DOWN",
     "FAILURE",
     "RELEASE",
@@ -141,7 +140,9 @@ return {best, best_probe}
 )
 
 # KEYS: pairs of slots, probe. ARGV: lease ms, then one holder per pair.
-# Returns one 1 (renewed) or 0 (lost: expired and dropped, or released) per pair.
+# Returns one 1 (renewed) or 0 (it had been dropped: counted again) per pair. A live holder's
+# job is running on the server whatever Redis remembers (a stall longer than the lease, Redis
+# restarted empty): counting it again makes new jobs wait instead of overloading the server.
 RENEW = (
     _NOW
     + """
@@ -149,32 +150,12 @@ local lease = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS / 2 do
   local slots, probe, holder = KEYS[i * 2 - 1], KEYS[i * 2], ARGV[i + 1]
-  -- still there means no acquire has dropped it, so nobody took its place: safe to extend
-  if redis.call('ZSCORE', slots, holder) then
-    redis.call('ZADD', slots, 'XX', now + lease, holder)
-    if redis.call('PTTL', slots) < lease then redis.call('PEXPIRE', slots, lease) end
-    if redis.call('GET', probe) == holder then redis.call('PEXPIRE', probe, lease) end
-    out[i] = 1
-  else
-    out[i] = 0
-  end
+  if redis.call('ZSCORE', slots, holder) then out[i] = 1 else out[i] = 0 end
+  redis.call('ZADD', slots, now + lease, holder)
+  if redis.call('PTTL', slots) < lease then redis.call('PEXPIRE', slots, lease) end
+  if redis.call('GET', probe) == holder then redis.call('PEXPIRE', probe, lease) end
 end
 return out
-"""
-)
-
-# KEYS: slots, one per lease. ARGV: lease ms, then one holder per key.
-# Counts leases this process took while Redis was unreachable (they are running): no capacity
-# check, so new acquires wait until they are released.
-ADOPT = (
-    _NOW
-    + """
-local lease = tonumber(ARGV[1])
-for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], now + lease, ARGV[i + 1])
-  if redis.call('PTTL', KEYS[i]) < lease then redis.call('PEXPIRE', KEYS[i], lease) end
-end
-return #KEYS
 """
 )
 

@@ -74,8 +74,8 @@ class Wakeups:
             except _UNAVAILABLE as exc:
                 if self.subscribed.is_set():
                     logger.debug("release channel lost (%s); resubscribing", exc)
-                self.subscribed.clear()
-                self.notify()  # messages may have been lost: let the waiters look again
+                    self.subscribed.clear()
+                    self.notify()  # messages may have been lost: let the waiters look again
             finally:
                 with contextlib.suppress(*_UNAVAILABLE):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
