@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import enum
+import functools
 import math
+import operator
+import re
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -67,52 +73,128 @@ converter.register_unstructure_hook(Img2ImgRequest, request_to_wire)
 
 
 # --- manifest lines (wire names) -> requests -------------------------------------------------
+#
+# Each field's value is structured by its real annotation (from typing.get_type_hints) through a
+# converter of its own, whose hooks accept what a JSON line can hold for that type and raise
+# _BadValueError for anything else; request_from_wire turns that into InvalidRequestError naming the
+# field, with the bad value quoted cut short.
 
 _YES = frozenset({"yes", "true", "1"})
 _NO = frozenset({"no", "false", "0"})
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+_LARGEST_INT = 2**63  # seeds and sizes beyond this are typos (and overflow the API's ints)
+_QUOTED = 40  # characters of a bad value shown in an error
 
 
-def _to_bool(name: str, value: Any) -> bool:
+class _BadValueError(ValueError):
+    """A value a field's type cannot take; request_from_wire names the field."""
+
+    def __init__(self, message: str, allowed: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.allowed = allowed
+
+
+def _quote(value: Any) -> str:
+    """A bad value for an error message: cut to a short prefix, never huge."""
+    if isinstance(value, str):
+        shown = repr(value[:_QUOTED])
+        return shown if len(value) <= _QUOTED else f"{shown}... ({len(value)} chars)"
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**_QUOTED else f"a {value.bit_length()}-bit integer"
+    if isinstance(value, float):
+        return repr(value)
+    return f"a {'list' if isinstance(value, list) else type(value).__name__}"
+
+
+def _to_bool(value: Any, _: Any = bool) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in _YES | _NO:
         return value.strip().lower() in _YES
-    raise InvalidRequestError(name, f"{value!r} is not a flag", allowed='"yes", "no", true, false')
+    raise _BadValueError(f"{_quote(value)} is not a flag", '"yes", "no", true, false')
 
 
-def _to_int(name: str, value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value  # the model's validator names the field and the range
+def _to_int(value: Any, _: Any = int) -> int:
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        number = int(value.strip())
+    if number is None:
+        raise _BadValueError(f"{_quote(value)} is not an integer")
+    if not -_LARGEST_INT < number < _LARGEST_INT:
+        raise _BadValueError(f"{_quote(value)} is too large")
+    return number
 
 
-def _to_float(name: str, value: Any) -> Any:
+def _to_float(value: Any, _: Any = float) -> float:
+    if isinstance(value, bool):
+        raise _BadValueError(f"{_quote(value)} is not a number")
+    if isinstance(value, int):
+        if not -_LARGEST_INT < value < _LARGEST_INT:
+            raise _BadValueError(f"{_quote(value)} is too large")
+        return float(value)
+    if isinstance(value, float):
+        return value  # the model's validator reports NaN, infinities and ranges
+    if isinstance(value, str) and len(value) <= _QUOTED and _DECIMAL.fullmatch(value.strip()):
+        return float(value.strip())
+    raise _BadValueError(f"{_quote(value)} is not a number")
+
+
+def _to_str(value: Any, _: Any = str) -> str:
     if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return number if math.isfinite(number) else value
-    return value
+        return value
+    raise _BadValueError(f"must be a string, got {_quote(value)}")
 
 
-def _field_coercers() -> dict[str, Callable[[str, Any], Any]]:
-    coercers: dict[str, Callable[[str, Any], Any]] = {}
+def _to_enum(value: Any, kind: type[enum.StrEnum]) -> enum.StrEnum:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return kind(value.strip())
+    raise _BadValueError(f"{_quote(value)} is not allowed", ", ".join(kind))
+
+
+def _to_number_or_text(value: Any, _: Any = None) -> float | str:
+    """``lora_strength``: one number, or comma-separated numbers as text."""
+    return value if isinstance(value, str) else _to_float(value)
+
+
+def _to_image_source(value: Any, _: Any = None) -> str:
+    """``init_image`` in a wire body: a URL, a path or base64 text; bytes cannot be JSON."""
+    return _to_str(value)
+
+
+def _field_coercers() -> dict[str, Callable[[Any], Any]]:
+    """Each request field's structuring function, from its real annotation (None stripped)."""
+    values = cattrs.Converter()
+    values.register_structure_hook(bool, _to_bool)
+    values.register_structure_hook(int, _to_int)
+    values.register_structure_hook(float, _to_float)
+    values.register_structure_hook(str, _to_str)
+    for kind in (Scheduler, SafetyCheckerType):  # before str, which they subclass
+        values.register_structure_hook(kind, _to_enum)
+    values.register_structure_hook_func(lambda kind: kind == float | str, _to_number_or_text)
+    values.register_structure_hook_func(lambda kind: kind == str | bytes | Path, _to_image_source)
+    hints = typing.get_type_hints(Img2ImgRequest)
+    coercers: dict[str, Callable[[Any], Any]] = {}
     for attribute in attrs.fields(Img2ImgRequest):
-        kind = str(attribute.type)
-        if kind == "bool | None":
-            coercers[attribute.name] = _to_bool
-        elif kind == "int | None":
-            coercers[attribute.name] = _to_int
-        elif kind == "float | None":
-            coercers[attribute.name] = _to_float
+        if attribute.name == "extra":
+            continue
+        kind = hints[attribute.name]
+        members = tuple(m for m in typing.get_args(kind) if m is not type(None))
+        if members and type(None) in typing.get_args(kind):  # X | None: None is skipped
+            kind = functools.reduce(operator.or_, members)
+        coercers[attribute.name] = functools.partial(values.structure, cl=kind)
     return coercers
 
 
 _COERCERS = _field_coercers()
-_REQUEST_FIELDS = frozenset(a.name for a in attrs.fields(Img2ImgRequest)) - {"extra"}
 
 
 def request_from_wire(body: Mapping[str, Any]) -> Img2ImgRequest:
@@ -123,8 +205,11 @@ def request_from_wire(body: Mapping[str, Any]) -> Img2ImgRequest:
     go to ``extra``. With ``base64: "yes"`` the ``init_image`` string is decoded to bytes.
 
     Raises:
-        InvalidRequestError: A field is missing, malformed or out of range, or the body holds a key.
+        InvalidRequestError: A field is missing or malformed or out of range (the error names
+            it and quotes the value cut short), or the body holds a key. Nothing else.
     """
+    if not isinstance(body, Mapping):
+        raise InvalidRequestError("request", f"must be an object, got {_quote(body)}")
     if "key" in body:
         raise InvalidRequestError(
             "key", "API keys do not belong in a request body", allowed="keys in the ServerPool"
@@ -133,29 +218,29 @@ def request_from_wire(body: Mapping[str, Any]) -> Img2ImgRequest:
     extra: dict[str, Any] = {}
     as_base64 = False
     for name, value in body.items():
-        if name == "base64":
-            as_base64 = _to_bool(name, value)
-        elif name not in _REQUEST_FIELDS:
-            extra[name] = value
-        elif value is not None:
-            coerce = _COERCERS.get(name)
-            kwargs[name] = coerce(name, value) if coerce else value
+        try:
+            if name == "base64":
+                as_base64 = _to_bool(value)
+            elif name not in _COERCERS:
+                extra[name] = value
+            elif value is not None:
+                kwargs[name] = _COERCERS[name](value)
+        except _BadValueError as bad:
+            raise InvalidRequestError(name, bad.message, allowed=bad.allowed) from None
     for required in ("model_id", "prompt", "init_image"):
         if required not in kwargs:
             raise InvalidRequestError(required, "is required")
     if as_base64:
         kwargs["init_image"] = _decode_image(kwargs["init_image"])
-    elif isinstance(kwargs["init_image"], str) and not kwargs["init_image"].startswith(
-        ("http://", "https://")
-    ):
+    elif not kwargs["init_image"].startswith(("http://", "https://")):
         kwargs["init_image"] = Path(kwargs["init_image"])
     return Img2ImgRequest(**kwargs, extra=extra)
 
 
-def _decode_image(value: Any) -> bytes:
+def _decode_image(value: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
-    except (binascii.Error, TypeError, ValueError):
+    except (binascii.Error, ValueError):
         raise InvalidRequestError(
             "init_image", "is not valid base64", allowed='base64 data when base64 is "yes"'
         ) from None
@@ -182,7 +267,7 @@ def _number(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if math.isfinite(number) else None
 
@@ -190,7 +275,7 @@ def _number(value: Any) -> float | None:
 def _links(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,) if value else ()
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return tuple(item for item in value if isinstance(item, str) and item)
     return ()
 

@@ -230,10 +230,10 @@ class Dispatcher:
         """
         self.progress = BatchProgress()
         deadline = None if self._batch_timeout is None else time.monotonic() + self._batch_timeout
-        windows = _Windows(
-            running=asyncio.Semaphore(self.concurrency),
-            held=asyncio.Semaphore(self.concurrency + self.max_buffered),
-        )
+        held = asyncio.Semaphore(self.concurrency + self.max_buffered)
+        # Unordered, the jobs held bound the jobs running: one semaphore is enough.
+        running = asyncio.Semaphore(self.concurrency) if self.max_buffered else None
+        windows = _Windows(running=running, held=held)
         finished: asyncio.Queue[JobOutcome | None] = asyncio.Queue()
         feed = _Feed()
         left = False
@@ -297,7 +297,8 @@ class Dispatcher:
             index = 0
             while True:
                 await windows.held.acquire()
-                await windows.running.acquire()
+                if windows.running is not None:
+                    await windows.running.acquire()
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 try:
@@ -372,7 +373,8 @@ class Dispatcher:
                 track_id=result.track_id,
             )
         finally:
-            windows.running.release()
+            if windows.running is not None:
+                windows.running.release()
         finished.put_nowait(outcome)
 
 
@@ -417,7 +419,7 @@ class _Watch:
 
 @define
 class _Windows:
-    running: asyncio.Semaphore
+    running: asyncio.Semaphore | None
     held: asyncio.Semaphore
 
 

@@ -134,7 +134,7 @@ class JobRunner:
     async def _collect_once(self, route: Route, request_id: str) -> ImageResult:
         # Accepted already, so never resubmitted: _should_retry sees the request id.
         lease = await self._scheduler.acquire(
-            priority=self._priority, deadline=self._deadline, pinned=route
+            priority=self._priority, deadline=self._deadline, pinned=route, timer=False
         )
         route.processing += 1
         try:
@@ -243,6 +243,7 @@ class JobRunner:
             deadline=self._deadline,
             avoid=self._avoid,
             exclude=self._barred_now(),
+            timer=self._deadline is None,  # else the job's own deadline ends the wait
         )
         route = lease.route
         self._submits += 1
@@ -256,9 +257,9 @@ class JobRunner:
         started = time.monotonic()
         try:
             result = await self._submit_on(lease)
+            self._scheduler.record_job(route, time.monotonic() - started)
         finally:
             self._scheduler.release(lease)
-        self._scheduler.record_job(route, time.monotonic() - started)
         return result
 
     async def _submit_on(self, lease: Lease) -> ImageResult:

@@ -33,7 +33,7 @@ _KNOWN_STATUSES = frozenset({"success", "processing", "error", "failed"})
 _AUTH_WORDS = ("invalid api key", "invalid key", "key field is required", "unauthorized")
 _RATE_WORDS = ("rate limit", "too many requests")
 _SERVER_WORDS = ("internal server error", "temporarily unavailable", "server error")
-_BUSY_WORDS = ("server busy", "server is busy", "try again later")
+_BUSY_WORDS = ("server busy", "server is busy")
 
 
 def retry_after_seconds(headers: Mapping[str, str], body_value: float | None) -> float | None:

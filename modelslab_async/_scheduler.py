@@ -20,6 +20,7 @@ from typing import Literal
 from ._admission import Waiter, WaitQueue
 from ._decisions import Verdict
 from ._errors import NoServerAvailableError
+from ._health import BreakerState
 from ._server import Lease, Route
 
 __all__ = ["Scheduler"]
@@ -95,6 +96,7 @@ class Scheduler:
         avoid: Collection[Route] = (),
         exclude: Collection[Route] = (),
         pinned: Route | None = None,
+        timer: bool = True,
     ) -> Lease:
         """
         Wait for a slot, in line, and return it.
@@ -106,6 +108,9 @@ class Scheduler:
             exclude: Routes never to use for this job.
             pinned: Take a slot on this route only (a job's fetches follow its submit key),
                 whatever its health.
+            timer: Give up at the deadline with :class:`NoServerAvailableError`. A job runner
+                whose own deadline already bounds the wait passes False: one timer less per
+                waiting job.
 
         Raises:
             NoServerAvailableError: No route can take the job before the deadline.
@@ -135,7 +140,7 @@ class Scheduler:
         else:
             self._queue.push(waiter)
         self._dispatch()
-        return await self._wait(waiter, deadline, loop)
+        return await self._wait(waiter, deadline if timer else None, loop)
 
     async def _wait(
         self, waiter: Waiter, deadline: float | None, loop: asyncio.AbstractEventLoop
@@ -196,7 +201,8 @@ class Scheduler:
         self._dispatch()
 
     def _take(self, route: Route, now: float, *, pinned: bool) -> Lease:
-        probe = not pinned and route.health.breaker.claim_probe(now)
+        breaker = route.health.breaker
+        probe = not pinned and breaker.state is not BreakerState.CLOSED and breaker.claim_probe(now)
         route.active += 1
         self.active += 1
         self._refresh(route, now)
@@ -336,9 +342,12 @@ class Scheduler:
         """Put a route where it belongs now: ready (in the heap), full, resting or probing."""
         route.version += 1
         before = route.place
+        health = route.health
         if route.active >= route.capacity:
             place = "full"
-        elif route.health.available(now):
+        elif (
+            health.breaker.state is BreakerState.CLOSED and now >= health.cooldown_until
+        ) or health.available(now):
             place = "ready"
             first, second = self._key(route)
             heapq.heappush(self._ready, (first, second, route.index, route.version, route))
@@ -411,14 +420,15 @@ class Scheduler:
         self._dispatch()
 
     def record_job(self, route: Route, duration: float) -> None:
-        """A job finished on ``route`` after ``duration`` seconds (feeds least-busy routing)."""
+        """
+        A job finished on ``route`` after ``duration`` seconds (feeds least-busy routing).
+        Call it before releasing the job's lease: the release puts the route in its new place.
+        """
         before = route.health.service_time
         route.health.record_job(duration)
         after = route.health.service_time or 0.0
         self._service_sum += after - (before or 0.0)
         self._service_count += before is None
-        if route.place == "ready":
-            self._refresh(route, self._clock())  # its place in the heap follows its speed
 
     def _why_unavailable(self, now: float) -> str:
         parts = []

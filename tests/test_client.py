@@ -82,7 +82,8 @@ async def test_a_quick_job_returns_its_images(make_mock_client: Build) -> None:
         "loadbalancer": "yes",
         "track_id": result.track_id,
     } == dict(sent.body)
-    assert result.track_id and result.track_id.startswith("mla-")
+    assert result.track_id
+    assert result.track_id.startswith("mla-")
 
 
 async def test_a_queued_job_is_polled_with_the_key_that_submitted_it(

@@ -65,7 +65,8 @@ async def test_every_job_carries_a_unique_track_id_on_its_result_events_and_erro
     failed, ok = sorted(outcomes, key=lambda o: o.ok)
     assert failed.error is not None
     assert failed.track_id == getattr(failed.error, "track_id", None) is not None
-    assert ok.track_id is not None and ok.track_id == ok.result.track_id if ok.result else False
+    assert ok.result is not None
+    assert ok.track_id == ok.result.track_id in sent
 
 
 async def test_a_higher_priority_job_is_submitted_before_a_bulk_job_that_waited_longer() -> None:
@@ -196,7 +197,8 @@ async def test_running_out_of_descriptors_is_local_retried_and_not_held_against_
 ):
     """EMFILE maps to a local ConnectError: retried, and the server's health is untouched."""
     mapped = _mapped(OSError(errno.EMFILE, "Too many open files"), "gpu-1", "http://x")
-    assert isinstance(mapped, ConnectError) and mapped.local
+    assert isinstance(mapped, ConnectError)
+    assert mapped.local
     answers = iter([ConnectError("no descriptors", local=True)] * 3)
 
     def handler(request: MockRequest) -> Any:

@@ -18,7 +18,6 @@ from modelslab_async import (
     ServerError,
     ServerPool,
 )
-
 from modelslab_async._decisions import judge
 from modelslab_async._pool import route_of, scheduler_of
 from modelslab_async._scheduler import Scheduler
@@ -135,8 +134,10 @@ async def test_least_busy_prefers_free_capacity_then_speed() -> None:
     """The least loaded server wins; among equals, the one that finishes faster."""
     pool = ServerPool(servers(2, 2), routing="least-busy")
     slow, fast = S(pool).routes
-    S(pool).scheduler.record_job(slow, 2.0)
-    S(pool).scheduler.record_job(fast, 1.0)
+    for route, duration in ((slow, 2.0), (fast, 1.0)):
+        lease = await S(pool).acquire(pinned=route)
+        S(pool).scheduler.record_job(route, duration)
+        S(pool).release(lease)
     picks = [(await S(pool).acquire()).route.name for _ in range(4)]
     assert ["gpu-2", "gpu-1", "gpu-2", "gpu-1"] == picks
     assert {"gpu-1": 2, "gpu-2": 2} == {r.name: r.active for r in S(pool).routes}
@@ -256,7 +257,11 @@ def test_bad_pools_are_refused(build: object, field: str) -> None:
 def test_routes_are_found_by_name_or_fingerprint() -> None:
     """A server can be named by its name or its key fingerprint; unknown names are listed."""
     pool = ServerPool(servers(1, 1), routing="least-busy")
-    assert S(pool).routes[1] is route_of(pool, "gpu-2") is route_of(pool, S(pool).routes[1].fingerprint)
+    assert (
+        S(pool).routes[1]
+        is route_of(pool, "gpu-2")
+        is route_of(pool, S(pool).routes[1].fingerprint)
+    )
     with pytest.raises(InvalidRequestError, match="gpu-1, gpu-2"):
         route_of(pool, "gpu-9")
 

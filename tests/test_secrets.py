@@ -17,8 +17,8 @@ from modelslab_async import (
     Timeouts,
     fingerprint,
 )
-from modelslab_async._secrets import redact_body
 from modelslab_async._pool import scheduler_of
+from modelslab_async._secrets import redact_body
 from modelslab_async.testing import FakeModelsLab, FakeServerSpec, Fault
 
 from ._helpers import make_request
@@ -60,7 +60,8 @@ async def test_a_failing_run_leaks_no_key(caplog: pytest.LogCaptureFixture) -> N
                 with pytest.raises(Exception) as caught:
                     await bad.img2img(make_request())
                 seen.append(bad)
-            seen += [client, pool, client.pool.snapshot(), scheduler_of(pool).routes, pool.servers, events]
+            routes = scheduler_of(pool).routes
+            seen += [client, pool, client.pool.snapshot(), routes, pool.servers, events]
             seen += [caught.value, caught.value.__cause__]
             seen += [
                 (o, o.error, o.attempts, o.result, o.error.__cause__ if o.error else None)

@@ -19,17 +19,18 @@ faults, the account and unreachable sources answer the new state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import attrs
 from aiohttp import web
 
 from ._bodies import json_response
+from ._faults import FaultBook
 from ._faultspec import fault_from_json, fault_from_text, fault_to_json
-from ._rules import check_balance
-
-if TYPE_CHECKING:
-    from ._engine import Engine
+from ._jobs import ServerSim
+from ._records import Recorder
+from ._rules import Account, ImageSources, check_balance
 
 __all__ = ["add_control_routes"]
 
@@ -50,6 +51,45 @@ def _check_limit(value: Any) -> int | None:
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         return value
     raise ValueError(f"queue_limit must be null or a non-negative integer, got {value!r}")
+
+
+class Engine(Protocol):
+    """What the control routes read and change of the fake (the engine, seen from here)."""
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The engine's clock."""
+        ...
+
+    @property
+    def servers(self) -> Sequence[ServerSim]:
+        """The simulated servers."""
+        ...
+
+    @property
+    def by_name(self) -> Mapping[str, ServerSim]:
+        """The servers by name."""
+        ...
+
+    @property
+    def faults(self) -> FaultBook:
+        """The armed faults."""
+        ...
+
+    @property
+    def recorder(self) -> Recorder:
+        """The record of requests."""
+        ...
+
+    @property
+    def account(self) -> Account:
+        """The account's balance."""
+        ...
+
+    @property
+    def sources(self) -> ImageSources:
+        """Which image URLs cannot be fetched."""
+        ...
 
 
 class _Control:
