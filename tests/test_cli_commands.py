@@ -167,7 +167,7 @@ async def test_demo_runs_a_resilient_batch_and_says_where_the_results_are(tmp_pa
     assert {"fast", "slow", "flaky"} == set(summary["servers"])
     assert summary["wall_time"] < 30
     statuses = {r["status"] for r in read_records(demo / "results.jsonl")}
-    assert {"accepted", "generated", "succeeded", "failed"} == statuses
+    assert {"submitted", "accepted", "generated", "succeeded", "failed"} == statuses
     assert "Batch summary" in ran.stderr
 
 

@@ -10,9 +10,10 @@ import pytest
 
 from modelslab_async import InvalidRequestError
 from modelslab_async._cli import _report, _table, main
-from modelslab_async._cli._download import file_stem, sniff_image
+from modelslab_async._cli._download import sniff_image
 from modelslab_async._cli._journal import JournalWriter, Record, read_journal
 from modelslab_async._cli._manifest import count_lines, read_manifest
+from modelslab_async._cli._names import file_stem, image_names
 from modelslab_async._cli._report import PlainReporter, RichReporter, make_reporter
 from modelslab_async._cli._settings import load_settings
 from modelslab_async._cli._summary import BatchStats
@@ -242,13 +243,41 @@ def test_images_are_recognised_by_their_first_bytes(data: bytes, expected: str |
 
 @pytest.mark.parametrize(
     ("job_id", "expected"),
-    [("job-1", "job-1"), ("a b", "a_b-"), ("../../etc/passwd", "etc_passwd-"), ("..", "job-")],
+    [
+        ("job-1", "job-1"),
+        ("a b", "a%20b"),
+        ("../../etc/passwd", "%2E.%2F..%2Fetc%2Fpasswd"),
+        ("..", "%2E."),
+        ("same+1", "same%2B1"),
+        ("50%", "50%25"),
+        ("é", "%C3%A9"),
+    ],
 )
 def test_file_names_are_safe_and_unique_per_id(job_id: str, expected: str) -> None:
-    """Ids become safe file names; a changed id gets a hash suffix so two ids never collide."""
-    assert file_stem(job_id).startswith(expected)
-    assert "/" not in file_stem(job_id)
-    assert (file_stem(job_id) == job_id) == (expected == job_id)
+    """Ids become safe file names by escaping: plain ids are kept, others are escaped."""
+    assert expected == file_stem(job_id)
+
+
+def test_image_names_never_collide_whatever_the_ids() -> None:
+    """Job `same` with 2 samples and job `same-1` (or `same+1`) write different files."""
+    names = [
+        *image_names("same", 2),
+        *image_names("same-1", 1),
+        *image_names("same+1", 1),
+        *image_names("same-1", 2),
+    ]
+    assert ["same+1", "same+2", "same-1", "same%2B1", "same-1+1", "same-1+2"] == names
+    assert len(set(names)) == len(names)
+
+
+def test_long_ids_are_shortened_with_a_hash_and_stay_distinct() -> None:
+    """Ids too long for a file name are cut and hashed; two that share the cut differ."""
+    first, second = "x" * 300 + "a", "x" * 300 + "b"
+    assert file_stem(first) != file_stem(second)
+    assert all(len(n.encode()) < 120 for n in image_names(first, 4))
+    assert "~" in file_stem(first)
+    assert "~" not in file_stem("x" * 90)
+    assert file_stem("%" * 40) != file_stem("%" * 41)
 
 
 # --- reporting --------------------------------------------------------------------------------

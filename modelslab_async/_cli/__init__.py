@@ -82,6 +82,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             download_concurrency=args.download_concurrency,
             verbose=args.verbose,
+            allow_private_downloads=args.allow_private_downloads,
+            max_image_bytes=args.max_image_bytes,
+            allow_outside_files=args.allow_outside_files,
+            max_init_image_bytes=args.max_init_image_bytes,
         )
         return asyncio.run(
             execute_batch(
@@ -97,7 +101,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         request = request_from_args(args)
         return asyncio.run(
-            run_img2img(settings, request, out_dir=args.out, out=sys.stdout, err=sys.stderr)
+            run_img2img(
+                settings,
+                request,
+                out_dir=args.out,
+                out=sys.stdout,
+                err=sys.stderr,
+                allow_private=args.allow_private_downloads,
+                max_image_bytes=args.max_image_bytes,
+            )
         )
     from ._commands import show_servers  # noqa: PLC0415
 

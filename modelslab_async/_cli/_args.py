@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import get_args
 
 from .. import Routing
+from ._inputs import MAX_IMAGE_BYTES
+from ._local import MAX_INIT_IMAGE_BYTES
 from ._settings import BASE_URL_ENV, KEYS_ENV
 
 __all__ = ["build_parser"]
@@ -58,6 +60,38 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _byte_count(text: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    number, unit = text.strip(), 1
+    if number[-1:].lower() in units:
+        number, unit = number[:-1], units[number[-1].lower()]
+    if not number.isascii() or not number.isdigit() or len(number) > 15:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a byte count (e.g. 50M)")
+    value = int(number) * unit
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
+def _downloads() -> argparse.ArgumentParser:
+    downloads = argparse.ArgumentParser(add_help=False)
+    group = downloads.add_argument_group("downloads")
+    group.add_argument(
+        "--max-image-bytes",
+        type=_byte_count,
+        default=MAX_IMAGE_BYTES,
+        metavar="N",
+        help="refuse an output image larger than N bytes (K/M/G suffixes; default 50M)",
+    )
+    group.add_argument(
+        "--allow-private-downloads",
+        action="store_true",
+        help="download images from loopback, private and link-local addresses too "
+        "(allowed anyway when the API itself is on such an address)",
+    )
+    return downloads
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("connection")
@@ -91,11 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = _common()
+    downloads = _downloads()
     raw = argparse.RawDescriptionHelpFormatter
 
     batch = commands.add_parser(
         "batch",
-        parents=[common],
+        parents=[common, downloads],
         help="run a JSONL manifest of jobs, resumably",
         description=(
             "Run every job of a manifest, journaling each one in the results file as it goes.\n"
@@ -141,6 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="deadline of each job (default 900)",
     )
     batch.add_argument(
+        "--allow-outside-files",
+        action="store_true",
+        help="let init_image name files outside the manifest's folder",
+    )
+    batch.add_argument(
+        "--max-init-image-bytes",
+        type=_byte_count,
+        default=MAX_INIT_IMAGE_BYTES,
+        metavar="N",
+        help="refuse a local init_image larger than N bytes (default 20M)",
+    )
+    batch.add_argument(
         "--progress",
         choices=("auto", "bar", "plain"),
         default="auto",
@@ -149,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     single = commands.add_parser(
         "img2img",
-        parents=[common],
+        parents=[common, downloads],
         help="run one job",
         description="Run one img2img job; its result is printed as JSON on stdout.",
         epilog=_EPILOG,

@@ -1,10 +1,11 @@
 """
 The ``batch`` command's engine: manifest in, journal out, resumable at any moment.
 
-The manifest is streamed lazily into the dispatcher; every event and outcome is journaled as
-it happens (see ``_journal.py``): ``accepted`` as soon as a server queues a job, ``generated``
-before its images are downloaded, then one final record. A killed run is resumed by running the
-same command again.
+The manifest is streamed lazily into the dispatcher; every event is journaled as it happens
+(see ``_journal.py``), from the runner's events rather than when the consumer takes an outcome:
+``submitted`` as the first submit goes out, ``accepted`` as soon as a server queues a job,
+``generated`` the moment its answer arrives (however far the downloads lag behind), then one
+final record. A killed run is resumed by running the same command again.
 """
 
 from __future__ import annotations
@@ -12,20 +13,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Generator
+from pathlib import Path
 
-from .. import Client, Dispatcher, EventKind, InvalidRequestError, Job, JobEvent, JobOutcome
-from ._download import Downloader, DownloadError, DownloadResult
+import attrs
+
+from .. import (
+    Client,
+    Dispatcher,
+    EventKind,
+    ImageResult,
+    Img2ImgRequest,
+    InvalidRequestError,
+    Job,
+    JobEvent,
+    JobOutcome,
+)
+from ._download import Downloader, DownloadError, DownloadResult, ImageWriteError
+from ._fetch import FetchPolicy, SafeFetcher
 from ._inputs import Prepared
 from ._journal import (
     ACCEPTED,
     FAILED,
     GENERATED,
+    SUBMITTED,
     SUCCEEDED,
     Record,
 )
+from ._local import read_local_image
 from ._manifest import ManifestEntry, read_manifest
 from ._report import Reporter
 from ._summary import BatchStats
+from ._text import short
 
 __all__ = ["BatchRun"]
 
@@ -36,7 +54,13 @@ class BatchRun:
     """One run of a manifest: dispatching, journaling, downloading, counting."""
 
     def __init__(
-        self, client: Client, prepared: Prepared, stats: BatchStats, reporter: Reporter
+        self,
+        client: Client,
+        prepared: Prepared,
+        stats: BatchStats,
+        reporter: Reporter,
+        *,
+        fetch: FetchPolicy | None = None,
     ) -> None:
         options = prepared.options
         self._client = client
@@ -48,18 +72,26 @@ class BatchRun:
         self.dispatcher = Dispatcher(
             client, concurrency=options.concurrency, on_event=self._on_event
         )
+        self._fetcher = SafeFetcher(fetch or FetchPolicy())
         self._downloader = (
             None
             if options.images is None
-            else Downloader(client, options.images, concurrency=options.download_concurrency)
+            else Downloader(self._fetcher, options.images, concurrency=options.download_concurrency)
         )
         # Jobs whose images are being downloaded: bounded, so memory stays bounded too.
         self._pending = asyncio.Semaphore(max(4 * options.download_concurrency, 16))
+        # Answers journaled by _on_event, waiting for the consumer (at most `concurrency`).
+        self._answered: dict[str, Record] = {}
+        # Jobs an earlier run may have started on a server: their records say so.
+        self._flagged = set(self._index.submitted) | {
+            job_id for job_id, record in self._index.accepted.items() if record.possible_duplicate
+        }
+        self._journal_error: OSError | None = None
 
     async def run(self) -> None:
         """Run every job of the manifest not finished by an earlier run."""
         self._announce()
-        async with asyncio.TaskGroup() as outer:
+        async with self._fetcher, asyncio.TaskGroup() as outer:
             ticker = outer.create_task(self._tick())
             try:
                 async with asyncio.TaskGroup() as downloads:
@@ -83,11 +115,12 @@ class BatchRun:
         index, note = self._index, self._reporter.note
         options = self._options
         note(f"{self.stats.total} jobs in {options.manifest}, results in {options.results}")
-        if index.final or index.accepted or index.generated:
+        if index.final or index.accepted or index.generated or index.submitted:
             note(
                 f"resuming: {len(index.final)} finished earlier (skipped), "
                 f"{len(index.accepted)} accepted (collected by polling), "
-                f"{len(index.generated)} generated (images downloaded again)"
+                f"{len(index.generated)} generated (images downloaded again), "
+                f"{len(index.submitted)} cut mid-submit (submitted again, possible duplicates)"
             )
         if index.truncated:
             note("the last line of the results file was cut short (a killed run); ignored")
@@ -98,7 +131,12 @@ class BatchRun:
     def _jobs(self) -> Generator[Job, None, None]:
         """The jobs to run, read lazily from the manifest; bad lines are journaled here."""
         index, stats = self._index, self.stats
-        for entry in read_manifest(self._options.manifest):
+        options = self._options
+        for entry in read_manifest(
+            options.manifest, allow_outside_files=options.allow_outside_files
+        ):
+            if self._journal_error is not None:
+                return  # nothing more is sent once the journal cannot be written
             if entry.id is None:
                 if entry.line in index.final_lines:
                     stats.skipped_failed += 1
@@ -126,8 +164,31 @@ class BatchRun:
             elif entry.error is not None:
                 self._bad_line(entry)
             else:
+                request = self._with_image(entry)
+                if request is None:
+                    continue
                 stats.submitted += 1
-                yield Job(id=entry.id, request=entry.request)
+                yield Job(id=entry.id, request=request)
+
+    def _with_image(self, entry: ManifestEntry) -> Img2ImgRequest | None:
+        """The entry's request with a local image read (once, checked); None if it cannot be."""
+        request = entry.request
+        if request is None or not isinstance(request.init_image, Path):
+            return request
+        try:
+            data = read_local_image(
+                request.init_image, max_bytes=self._options.max_init_image_bytes
+            )
+        except InvalidRequestError as error:
+            self._bad_line(
+                ManifestEntry(
+                    line=entry.line,
+                    id=entry.id,
+                    error=InvalidRequestError(f"manifest line {entry.line}", str(error)),
+                )
+            )
+            return None
+        return attrs.evolve(request, init_image=data)
 
     def _route_name(self, server: str | None) -> str | None:
         """The route a journaled job is collected through (same key), across routing modes."""
@@ -135,7 +196,7 @@ class BatchRun:
             return None
         for candidate in (server, server.removesuffix(" (balancer)")):
             try:
-                return self._client.pool.route(candidate).name
+                return self._client.pool.route_name(candidate)
             except InvalidRequestError:
                 continue
         return server  # unknown now: the job fails, naming the server
@@ -148,33 +209,73 @@ class BatchRun:
                 id=entry.id,
                 status=FAILED,
                 error_type=type(error).__name__,
-                error=str(error),
+                error=short(str(error)),
                 line=entry.line,
             )
         )
         self.stats.bad_lines += 1
         self.stats.job_ended(None, 0.0, type(error).__name__)
-        self._reporter.note(f"bad line: {error}")
+        self._reporter.note(f"bad line: {short(str(error))}")
 
     # --- events and outcomes ------------------------------------------------------------------
 
     def _on_event(self, event: JobEvent) -> None:
-        if event.kind is EventKind.QUEUED and event.job_id is not None and event.request_id:
-            self._journal.write(
-                Record(
-                    id=event.job_id,
-                    status=ACCEPTED,
-                    request_id=event.request_id,
-                    server=event.server,
+        """Journal what just happened; never raises (it runs inside the job runner)."""
+        job_id = event.job_id
+        try:
+            if job_id is None:
+                return
+            if event.kind is EventKind.SUBMITTED and event.attempt == 1:
+                self._write(Record(id=job_id, status=SUBMITTED, server=event.server))
+            elif event.kind is EventKind.QUEUED and event.request_id:
+                self._write(
+                    Record(
+                        id=job_id,
+                        status=ACCEPTED,
+                        request_id=event.request_id,
+                        server=event.server,
+                        possible_duplicate=job_id in self._flagged,
+                    )
                 )
-            )
-        elif event.kind is EventKind.RETRIED and self._options.verbose:
-            self._reporter.note(
-                f"job {event.job_id}: retry in {event.wait or 0:.2f}s after {event.error}"
-            )
+            elif event.kind is EventKind.DONE and event.result is not None:
+                self._answered[job_id] = self._journal_answer(job_id, event.result)
+            elif event.kind is EventKind.RETRIED and self._options.verbose:
+                self._reporter.note(
+                    f"job {job_id}: retry in {event.wait or 0:.2f}s after {event.error}"
+                )
+        except Exception as error:  # noqa: BLE001 - a guest in the runner: never raise there
+            if self._journal_error is None:
+                self._journal_error = (
+                    error if isinstance(error, OSError) else OSError(f"journal: {error!r}")
+                )
+
+    def _write(self, record: Record) -> None:
+        if self._journal_error is not None:
+            return  # the batch is stopping: see _handle
+        self._journal.write(record)
+
+    def _journal_answer(self, job_id: str, result: ImageResult) -> Record:
+        """Journal an answer with images the moment it arrives; the record to finish it with."""
+        generated = Record(
+            id=job_id,
+            status=GENERATED,
+            request_id=result.id,
+            server=result.server,
+            output=result.output,
+            attempts=result.attempts,
+            elapsed=result.elapsed,
+            possible_duplicate=result.possible_duplicate or job_id in self._flagged,
+        )
+        # Without downloads the job is finished: its final record is the only one.
+        self._write(generated if self._downloader is not None else _final(generated))
+        return generated
 
     async def _handle(self, downloads: asyncio.TaskGroup, outcome: JobOutcome) -> None:
-        if outcome.possible_duplicate:
+        if self._journal_error is not None:
+            raise self._journal_error  # stop: a job that cannot be journaled may be paid twice
+        flagged = outcome.job_id in self._flagged
+        self._flagged.discard(outcome.job_id)
+        if outcome.possible_duplicate or flagged:
             self.stats.possible_duplicates += 1
         result = outcome.result
         if result is None:
@@ -188,29 +289,20 @@ class BatchRun:
                     server=outcome.server,
                     attempts=sum(a.phase == "submit" for a in outcome.attempts),
                     elapsed=outcome.elapsed,
-                    possible_duplicate=outcome.possible_duplicate,
+                    possible_duplicate=outcome.possible_duplicate or flagged,
                     error_type=kind,
-                    error=str(error),
+                    error=short(str(error)),
                 )
             )
             self.stats.job_ended(outcome.server, outcome.elapsed, kind)
-            self._reporter.note(f"job {outcome.job_id} failed: {kind}: {error}")
+            self._reporter.note(f"job {outcome.job_id} failed: {kind}: {short(str(error))}")
             return
-        generated = Record(
-            id=outcome.job_id,
-            status=GENERATED,
-            request_id=result.id,
-            server=result.server,
-            output=result.output,
-            attempts=result.attempts,
-            elapsed=outcome.elapsed,
-            possible_duplicate=outcome.possible_duplicate,
-        )
+        generated = self._answered.pop(outcome.job_id, None)
+        if generated is None:  # no DONE event came (never expected): journal it now
+            generated = self._journal_answer(outcome.job_id, result)
         if self._downloader is None:
-            self._finish(generated, DownloadResult(()))
+            self.stats.job_ended(generated.server, generated.elapsed, None, server_ok=True)
             return
-        # Journaled before any download: a kill from here on never submits the job again.
-        self._journal.write(generated)
         await self._download_later(downloads, generated)
 
     async def _download_later(
@@ -237,24 +329,21 @@ class BatchRun:
         self._finish(record, result)
 
     def _finish(self, generated: Record, download: DownloadResult) -> None:
-        error = download.error
-        final = Record(
-            id=generated.id,
-            status=SUCCEEDED if error is None else FAILED,
-            request_id=generated.request_id,
-            server=generated.server,
-            output=generated.output,
-            images=download.paths,
-            attempts=generated.attempts,
-            elapsed=generated.elapsed,
-            possible_duplicate=generated.possible_duplicate,
-            error_type=None if error is None else type(error).__name__,
-            error=None if error is None else str(error),
-        )
+        if isinstance(download.error, ImageWriteError):
+            # Not final: the journal keeps it `generated`, so the next run downloads it again.
+            self.stats.job_ended(
+                generated.server, generated.elapsed, "ImageWriteError", server_ok=True
+            )
+            self.stats.unwritten += 1
+            self._reporter.note(
+                f"job {generated.id}: {download.error} (run again to download its images)"
+            )
+            return
+        final = _final(generated, download)
         self._journal.write(final)
         self.stats.job_ended(generated.server, generated.elapsed, final.error_type, server_ok=True)
-        if error is not None:
-            self._reporter.note(f"job {generated.id}: {type(error).__name__}: {error}")
+        if final.error is not None:
+            self._reporter.note(f"job {generated.id}: {final.error_type}: {final.error}")
 
     # --- progress -----------------------------------------------------------------------------
 
@@ -271,3 +360,21 @@ class BatchRun:
             stats.images_written = self._downloader.images_written
             stats.images_failed = self._downloader.images_failed
         self._reporter.refresh()
+
+
+def _final(generated: Record, download: DownloadResult | None = None) -> Record:
+    """The final record of a job whose answer is ``generated``, after its downloads."""
+    error = None if download is None else download.error
+    return Record(
+        id=generated.id,
+        status=SUCCEEDED if error is None else FAILED,
+        request_id=generated.request_id,
+        server=generated.server,
+        output=generated.output,
+        images=() if download is None else download.paths,
+        attempts=generated.attempts,
+        elapsed=generated.elapsed,
+        possible_duplicate=generated.possible_duplicate,
+        error_type=None if error is None else type(error).__name__,
+        error=None if error is None else short(str(error)),
+    )

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 from .. import Client, ModelsLabError, SystemDetails
 from ._batch import BatchRun
 from ._exit import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ._fetch import download_policy
 from ._inputs import BatchOptions, prepare
 from ._interrupt import run_interruptibly
 from ._report import make_reporter
@@ -41,15 +42,20 @@ async def execute_batch(
     reporter = make_reporter(err, interactive=fancy)
     interrupted = False
     try:
+        fetch = await download_policy(
+            settings.base_url,
+            allow_private=options.allow_private_downloads,
+            max_bytes=options.max_image_bytes,
+        )
         async with settings.client() as client:
-            run = BatchRun(client, prepared, stats, reporter)
+            run = BatchRun(client, prepared, stats, reporter, fetch=fetch)
             reporter.start(stats)
             try:
                 _, interrupted = await run_interruptibly(run.run())
             finally:
                 reporter.stop()
     finally:
-        prepared.journal.close()
+        prepared.close()
     stats.interrupted = interrupted
     code = EXIT_INTERRUPTED if interrupted else EXIT_FAILED if stats.all_failed else EXIT_OK
     render_tables(stats.tables(), err, fancy=fancy)
@@ -64,7 +70,7 @@ async def show_servers(settings: Settings, *, out: TextIO, as_json: bool, fancy:
     async with settings.client() as client:
         names = [server.name for server in client.pool.servers]
         answers = await asyncio.gather(*(_details(client, name) for name in names))
-        routes = [client.pool.route(name).name for name in names]
+        routes = [client.pool.route_name(name) for name in names]
         snapshots = {shot.name: shot for shot in client.pool.snapshot()}
     rows: list[dict[str, Any]] = []
     for server, route, answer in zip(client.pool.servers, routes, answers, strict=True):

@@ -4,13 +4,20 @@ runs and flushed after every record, so that a killed run (SIGKILL included) los
 
 Statuses, in the order a job goes through them::
 
+    submitted   (not final) the first submit is going out: from here a server may run the job
     accepted    (not final) the server queued the job: request_id and server, to collect it
-    generated   (not final) the job succeeded; its output URLs, written before downloads start
+    generated   (not final) the answer arrived with images: written the moment it arrives
     succeeded   (final)
     failed      (final)
 
 On resume, final ids are skipped, ``generated`` ones are only downloaded again, ``accepted``
-ones are collected by polling with the key that submitted them, and the rest are submitted.
+ones are collected by polling with the key that submitted them, and the rest are submitted;
+those whose last record is ``submitted`` (a submit cut by the kill) are marked
+``possible_duplicate``.
+
+Durability: every record is flushed to the OS as it is written, so a killed process (SIGKILL
+included) loses nothing; the file is fsynced when the run ends, not per record, so a power
+loss can lose the last few seconds of records (those jobs are then submitted again).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ __all__ = [
     "FAILED",
     "FINAL",
     "GENERATED",
+    "SUBMITTED",
     "SUCCEEDED",
     "JournalIndex",
     "JournalWriter",
@@ -38,12 +46,13 @@ __all__ = [
     "read_journal",
 ]
 
+SUBMITTED = "submitted"
 ACCEPTED = "accepted"
 GENERATED = "generated"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 FINAL = frozenset({SUCCEEDED, FAILED})
-_STATUSES = frozenset({ACCEPTED, GENERATED}) | FINAL
+_STATUSES = frozenset({SUBMITTED, ACCEPTED, GENERATED}) | FINAL
 
 
 def _now() -> str:
@@ -57,7 +66,7 @@ class Record:
 
     Attributes:
         id: The job's id (None for a manifest line that repeats an earlier id).
-        status: ``accepted``, ``generated``, ``succeeded`` or ``failed``.
+        status: ``submitted``, ``accepted``, ``generated``, ``succeeded`` or ``failed``.
         request_id: The job's id on the server, once known.
         server: The name of the server (route) that took the job.
         output: The generated images' URLs.
@@ -93,8 +102,14 @@ class Record:
     def to_json(self) -> str:
         """The record as one JSON line (without the newline)."""
         data: dict[str, Any] = {"id": self.id, "status": self.status}
-        if self.status == ACCEPTED:
-            data |= {"request_id": self.request_id, "server": self.server}
+        if self.status == SUBMITTED:
+            data["server"] = self.server
+        elif self.status == ACCEPTED:
+            data |= {
+                "request_id": self.request_id,
+                "server": self.server,
+                "possible_duplicate": self.possible_duplicate,
+            }
         else:
             data |= {
                 "request_id": self.request_id,
@@ -150,6 +165,7 @@ class JournalIndex:
     final_lines: set[int] = field(factory=set)  #: lines of id-less (repeated id) records
     generated: dict[str, Record] = field(factory=dict)
     accepted: dict[str, Record] = field(factory=dict)
+    submitted: dict[str, Record] = field(factory=dict)  #: sent, no answer journaled
     unreadable: list[int] = field(factory=list)  #: line numbers that were not records
     truncated: bool = False  #: the last line was cut short (a kill mid-write)
 
@@ -165,11 +181,18 @@ class JournalIndex:
             self.final[record.id] = record.status
             self.generated.pop(record.id, None)
             self.accepted.pop(record.id, None)
+            self.submitted.pop(record.id, None)
         elif record.status == GENERATED:
             self.generated[record.id] = record
             self.accepted.pop(record.id, None)
-        elif record.id not in self.generated:
+            self.submitted.pop(record.id, None)
+        elif record.id in self.generated:
+            return
+        elif record.status == ACCEPTED:
             self.accepted[record.id] = record
+            self.submitted.pop(record.id, None)
+        elif record.id not in self.accepted:
+            self.submitted[record.id] = record
 
 
 def read_journal(path: Path) -> JournalIndex:
@@ -208,7 +231,10 @@ class JournalWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            stream: IO[str] = path.open("a", encoding="utf-8", newline="\n")
+            # backslashreplace: a lone surrogate in some text cannot stop the journal
+            stream: IO[str] = path.open(
+                "a", encoding="utf-8", errors="backslashreplace", newline="\n"
+            )
         except OSError as error:
             raise InvalidRequestError("--out", f"cannot open {path}: {error.strerror}") from None
         self._stream = stream

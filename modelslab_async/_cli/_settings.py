@@ -30,7 +30,7 @@ from .. import (
     Timeouts,
 )
 
-__all__ = ["BASE_URL_ENV", "KEYS_ENV", "Settings", "load_settings"]
+__all__ = ["BASE_URL_ENV", "KEYS_ENV", "Settings", "check_base_url", "load_settings"]
 
 KEYS_ENV = "MODELSLAB_API_KEYS"
 BASE_URL_ENV = "MODELSLAB_BASE_URL"
@@ -99,9 +99,9 @@ def load_settings(
             f"{chosen_routing!r} is not a routing mode",
             allowed=", ".join(get_args(Routing)),
         )
-    url = base_url or table.get("base_url") or env.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-        raise InvalidRequestError("base_url", f"{url!r} is not an http(s) URL")
+    url = check_base_url(
+        base_url or table.get("base_url") or env.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    )
     names = [server.name for server in servers]
     if len(set(names)) != len(names):
         raise InvalidRequestError("servers", "server names must be unique")
@@ -113,6 +113,37 @@ def load_settings(
         routing=cast(Routing, chosen_routing),
         timeouts=None if job_timeout is None else Timeouts(job=job_timeout),
     )
+
+
+def check_base_url(url: Any) -> str:
+    """
+    ``url`` when it is an http(s) URL with a host (and a valid port, no user:password part).
+
+    Raises:
+        InvalidRequestError: Anything else (exit status 2: nothing runs).
+    """
+    allowed = "an http(s) URL with a host, e.g. https://modelslab.com/api/v1/enterprise"
+    if not isinstance(url, str):
+        raise InvalidRequestError("base_url", f"must be a string, got {type(url).__name__}")
+    shown = repr(url[:80])
+    if not url.isprintable() or any(c.isspace() for c in url):
+        raise InvalidRequestError("base_url", f"{shown} holds spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise InvalidRequestError(
+            "base_url", f"{shown} is not a valid URL", allowed=allowed
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequestError("base_url", f"{shown} is not an http(s) URL", allowed=allowed)
+    if port == 0:
+        raise InvalidRequestError("base_url", f"{shown} names port 0", allowed=allowed)
+    if parts.username is not None or parts.password is not None:
+        raise InvalidRequestError(
+            "base_url", "must not hold a user name or password", allowed=allowed
+        )
+    return url
 
 
 def _servers_from_env(env: Mapping[str, str]) -> list[Server]:

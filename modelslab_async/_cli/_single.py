@@ -11,8 +11,10 @@ from typing import Any, TextIO
 from .. import ImageResult, Img2ImgRequest, JobEvent, ModelsLabError
 from ._download import Downloader, DownloadResult
 from ._exit import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ._fetch import SafeFetcher, download_policy
 from ._interrupt import run_interruptibly
 from ._settings import Settings
+from ._text import short
 
 __all__ = ["REQUEST_OPTIONS", "request_from_args", "run_img2img"]
 
@@ -56,9 +58,14 @@ async def run_img2img(
     out_dir: Path | None,
     out: TextIO,
     err: TextIO,
+    allow_private: bool = False,
+    max_image_bytes: int = 50 * 1024 * 1024,
 ) -> int:
     """Run one job (and download its images into ``out_dir``); returns the exit status."""
     started = time.monotonic()
+    policy = await download_policy(
+        settings.base_url, allow_private=allow_private, max_bytes=max_image_bytes
+    )
 
     def on_event(event: JobEvent) -> None:
         parts = [f"{time.monotonic() - started:6.2f}s {event.kind}"]
@@ -81,8 +88,9 @@ async def run_img2img(
             result = await client.img2img(request, on_event=on_event)
             if out_dir is None:
                 return result, None
-            downloader = Downloader(client, out_dir)
-            return result, await downloader.fetch_job(result.id or "img2img", result.output)
+            async with SafeFetcher(policy) as fetcher:
+                downloader = Downloader(fetcher, out_dir)
+                return result, await downloader.fetch_job(result.id or "img2img", result.output)
 
         try:
             done, interrupted = await run_interruptibly(work())
@@ -90,7 +98,7 @@ async def run_img2img(
             report = {
                 "status": "failed",
                 "error_type": type(error).__name__,
-                "error": str(error),
+                "error": short(str(error)),
                 "request_id": getattr(error, "request_id", None),
                 "server": error.server,
                 "attempts": len(error.attempts),
@@ -112,7 +120,8 @@ async def run_img2img(
         "possible_duplicate": result.possible_duplicate,
     }
     if download is not None and download.error is not None:
-        report |= {"status": "failed", "error_type": "DownloadError", "error": str(download.error)}
+        reason = short(str(download.error))
+        report |= {"status": "failed", "error_type": "DownloadError", "error": reason}
         _print(out, report)
         return EXIT_FAILED
     _print(out, report)

@@ -66,6 +66,7 @@ class BatchStats:
     bad_lines: int = 0
     retries: int = 0
     possible_duplicates: int = 0
+    unwritten: int = 0  #: images downloaded but not written: left for the next run
     in_flight: int = 0
     downloading: int = 0
     images_written: int = 0
@@ -151,6 +152,7 @@ class BatchStats:
             "failures": dict(sorted(self.failures.items())),
             "retries": self.retries,
             "possible_duplicates": self.possible_duplicates,
+            "unwritten": self.unwritten,
             "images_written": self.images_written,
             "images_failed": self.images_failed,
             "servers": servers,
@@ -181,6 +183,8 @@ class BatchStats:
         ]
         if self.images_written or self.images_failed:
             rows.append(("images", f"{self.images_written} saved, {self.images_failed} failed"))
+        if self.unwritten:
+            rows.append(("not written", f"{self.unwritten} jobs (downloaded by the next run)"))
         if self.interrupted:
             rows.append(("left in flight", f"{self.in_flight} (resumed by the next run)"))
         rows.append(("wall time", f"{self.wall_time:.1f}s"))
