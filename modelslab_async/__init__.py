@@ -44,6 +44,7 @@ from ._retry import RetryPolicy
 from ._secrets import fingerprint
 from ._server import Server, ServerSnapshot
 from ._transport import AiohttpTransport, RawResponse, Transport
+from ._webhooks import WebhookReceiver
 
 __all__ = [
     "AiohttpTransport",
@@ -95,6 +96,7 @@ __all__ = [
     "Timeouts",
     "Transport",
     "TransportError",
+    "WebhookReceiver",
 ]
 
 
