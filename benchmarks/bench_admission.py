@@ -159,6 +159,7 @@ def main() -> None:
             routing_rows.append(
                 {"routing": routing, "servers": servers, "us": median(runs), "runs": runs}
             )
+    one_server = {r["routing"]: r["us"] for r in routing_rows if r["servers"] == 1}
     print(
         table(
             ["routing", "servers", "µs/job", "vs 1 server"],
@@ -167,7 +168,7 @@ def main() -> None:
                     r["routing"],
                     r["servers"],
                     f"{r['us']:.1f}",
-                    f"{r['us'] / next(x['us'] for x in routing_rows if x['routing'] == r['routing'] and x['servers'] == 1):.2f}x",
+                    f"{r['us'] / one_server[r['routing']]:.2f}x",
                 ]
                 for r in routing_rows
             ],
