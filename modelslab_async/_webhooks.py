@@ -71,7 +71,8 @@ def _short(value: str) -> str:
     return value if len(value) <= _SHOWN else f"{value[:_SHOWN]}..."
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether a host name is 127.0.0.0/8, ::1 or localhost."""
     if host.lower() == "localhost":
         return True
     try:
@@ -92,7 +93,9 @@ def _check_public_url(public_url: object) -> str:
         raise bad from None
     if not parts.hostname or parts.query or parts.fragment:
         raise bad
-    if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(parts.hostname)):
+    if parts.scheme != "https" and not (
+        parts.scheme == "http" and is_loopback_host(parts.hostname)
+    ):
         raise InvalidRequestError(
             "public_url",
             f"must be https, got {public_url!r}",

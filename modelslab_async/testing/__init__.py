@@ -2,11 +2,13 @@
 
 `FakeModelsLab` runs a real aiohttp server on loopback with any number of simulated enterprise
 servers: parallel slots and a FIFO queue per server, held requests and ``processing`` answers,
-the first-key load balancer, the documented validation messages, injectable `Fault` s and
-downed servers. `MockTransport` answers from a function instead, with no sockets.
+the first-key load balancer, the documented validation messages, injectable `Fault` s,
+downed servers and webhook callbacks (`WebhookAttempt`). `MockTransport` answers from a
+function instead, with no sockets.
 Run ``python -m modelslab_async.testing serve`` for a standalone fake.
 """
 
+from ._callbacks import WebhookAttempt
 from ._fake import FakeModelsLab
 from ._faults import Fault
 from ._jobs import FakeServerSpec, FakeServerStats
@@ -21,5 +23,6 @@ __all__ = [
     "MockRequest",
     "MockTransport",
     "ReceivedRequest",
+    "WebhookAttempt",
     "json_response",
 ]

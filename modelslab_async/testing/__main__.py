@@ -7,16 +7,20 @@ each server its own shape. Only key fingerprints are printed.
 Documented failures on demand: ``--fault KIND[@SERVER][=RATE][,NAME=VALUE...]`` (repeatable,
 e.g. ``--fault rate_limit=0.1 --fault server_error@server-2=0.05,status=503``),
 ``--queue-limit N``, ``--balance N`` (images the account can still pay for),
-``--unreachable HOST_OR_URL_PREFIX`` and ``--models a,b,c``. ``--variants SEED`` draws each
-answer among the documented response shapes. Tests in another process drive it through
-``/_fake/...`` (see ``_control.py``). Once listening, the line ``READY <base_url>`` is printed,
-so a test or a benchmark can start it as a subprocess. Runs until SIGINT or SIGTERM.
+``--unreachable HOST_OR_URL_PREFIX`` and ``--models a,b,c``. Jobs submitted with a loopback
+``webhook`` URL are called back; ``--webhook-drop P``, ``--webhook-duplicate P`` and
+``--webhook-delay SECONDS`` make the callbacks as unreliable as the real ones.
+``--variants SEED`` draws each answer among the documented response shapes. Tests in another
+process drive it through ``/_fake/...`` (see ``_control.py``). Once listening, the line
+``READY <base_url>`` is printed, so a test or a benchmark can start it as a subprocess. Runs
+until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import sys
@@ -61,7 +65,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-prefix", default="/api/v1/enterprise", help="API path prefix")
     serve.add_argument("--seed", type=int, default=None, help="random seed")
     _add_contract_options(serve)
+    _add_webhook_options(serve)
     return parser
+
+
+def _add_webhook_options(serve: argparse.ArgumentParser) -> None:
+    rates = (
+        ("--webhook-drop", "probability that a job's webhook callback is not sent (default 0)"),
+        ("--webhook-duplicate", "probability that a webhook callback is sent twice (default 0)"),
+    )
+    for flag, text in rates:
+        serve.add_argument(flag, type=_probability, default=0.0, metavar="P", help=text)
+    serve.add_argument(
+        "--webhook-delay",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds between a job's end and its webhook callback (default 0)",
+    )
 
 
 def _add_contract_options(serve: argparse.ArgumentParser) -> None:
@@ -120,6 +141,26 @@ def _fault(text: str) -> Fault:
         return fault_from_text(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"bad fault {text!r}: {exc}") from None
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
 
 
 def _non_negative(text: str) -> int:
@@ -195,6 +236,9 @@ async def _serve(args: argparse.Namespace) -> None:
         variants=args.variants,
         balance=args.balance,
         unreachable=args.unreachable,
+        webhook_drop=args.webhook_drop,
+        webhook_duplicate=args.webhook_duplicate,
+        webhook_delay=args.webhook_delay,
     )
     for fault in args.fault:
         fake.add_fault(fault)
@@ -230,6 +274,11 @@ def _print_options(args: argparse.Namespace) -> None:
         print(f"Unreachable image sources: {', '.join(args.unreachable)}")
     if args.variants is not None:
         print(f"Response variants: seed {args.variants}")
+    if args.webhook_drop or args.webhook_duplicate or args.webhook_delay:
+        print(
+            f"Webhooks: drop {args.webhook_drop:g}, duplicate {args.webhook_duplicate:g}, "
+            f"delay {args.webhook_delay:g}s (loopback URLs only)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

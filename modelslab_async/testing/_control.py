@@ -14,6 +14,8 @@ faults, the account and unreachable sources answer the new state.
 ``DELETE /_fake/records``                   forget it (answers the records it forgot)
 ``GET|POST /_fake/account``                 ``{"balance": int | null}``
 ``GET|POST|DELETE /_fake/unreachable``      ``{"source": "HOST or URL prefix"}``
+``GET /_fake/webhooks``                     the webhook callbacks (`WebhookAttempt`)
+``DELETE /_fake/webhooks``                  forget them (answers the records it forgot)
 ==========================================  =================================================
 """
 
@@ -26,6 +28,7 @@ import attrs
 from aiohttp import web
 
 from ._bodies import json_response
+from ._callbacks import CallbackSender
 from ._faults import FaultBook
 from ._faultspec import fault_from_json, fault_from_text, fault_to_json
 from ._jobs import ServerSim
@@ -91,6 +94,11 @@ class Engine(Protocol):
         """Which image URLs cannot be fetched."""
         ...
 
+    @property
+    def webhooks(self) -> CallbackSender:
+        """The webhook callbacks."""
+        ...
+
 
 class _Control:
     """The handlers of the control routes."""
@@ -145,6 +153,13 @@ class _Control:
             recorder.clear()
         return json_response([attrs.asdict(record) for record in recorder.records()])
 
+    async def webhooks(self, request: web.Request) -> web.Response:
+        sender = self.engine.webhooks
+        records = [attrs.asdict(record) for record in sender.records()]
+        if request.method == "DELETE":
+            sender.clear()
+        return json_response(records)
+
     async def account(self, request: web.Request) -> web.Response:
         account = self.engine.account
         if request.method == "POST":
@@ -180,5 +195,6 @@ def add_control_routes(router: web.UrlDispatcher, engine: Engine) -> None:
         router.add_route(method, "/_fake/unreachable", control.unreachable)
     for method in ("GET", "DELETE"):
         router.add_route(method, "/_fake/records", control.records)
+        router.add_route(method, "/_fake/webhooks", control.webhooks)
     for method in ("GET", "POST"):
         router.add_route(method, "/_fake/account", control.account)

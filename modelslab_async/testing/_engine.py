@@ -30,6 +30,7 @@ from ._bodies import (
     rate_limited,
     success_body,
 )
+from ._callbacks import CallbackSender
 from ._control import add_control_routes
 from ._faults import Fault, FaultBook
 from ._jobs import FakeServerSpec, Job, JobBook, ServerSim
@@ -69,6 +70,7 @@ class Engine:
         variants: int | None = None,
         balance: int | None = None,
         unreachable: Iterable[str] = (),
+        webhooks: CallbackSender | None = None,
     ) -> None:
         self.servers = [ServerSim(spec, index) for index, spec in enumerate(specs)]
         self.by_name = {server.name: server for server in self.servers}
@@ -87,6 +89,9 @@ class Engine:
         self.jobs = JobBook()
         self.faults = FaultBook()
         self.recorder = Recorder(max_records)
+        if webhooks is None:
+            webhooks = CallbackSender(seed=seed, max_records=max_records)
+        self.webhooks = webhooks
         self._recording = max_records != 0
         self.root_url = ""
         self.base_url = ""
@@ -297,13 +302,16 @@ class Engine:
         draft.request_id = str(job.id)
         if fault is not None and fault.kind == "fail":
             job.failure = fault.message
-        if fault is not None and fault.kind == "drop":
-            raise _DropConnectionError
         seed = as_integer(body.get("seed"))
         if seed is None:
             seed = self.rng.randrange(2**32)
         meta = meta_for(body, seed, job.file_prefix, job.id)
         urls = self._urls(job)
+        if isinstance(body.get("webhook"), str):  # also when the answer is lost below
+            done = success_body(job, urls, dict(meta))
+            self.webhooks.schedule(job, body["webhook"], body.get("track_id"), done)
+        if fault is not None and fault.kind == "drop":
+            raise _DropConnectionError
         wait = job.finish - now
         if wait > self.threshold:
             processing = processing_body(job, urls, meta, wait, self.base_url)

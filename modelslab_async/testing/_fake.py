@@ -10,6 +10,7 @@ from typing import Self
 
 from aiohttp import web
 
+from ._callbacks import CallbackSender, WebhookAttempt
 from ._engine import Engine
 from ._faults import Fault
 from ._jobs import FakeServerSpec, FakeServerStats
@@ -66,6 +67,9 @@ class FakeModelsLab:
         variants: int | None = None,
         balance: int | None = None,
         unreachable: Iterable[str] = (),
+        webhook_drop: float = 0.0,
+        webhook_duplicate: float = 0.0,
+        webhook_delay: float = 0.0,
     ) -> None:
         """Configure the fake; nothing listens before `start`.
 
@@ -90,9 +94,15 @@ class FakeModelsLab:
                 HTTP 402 "Insufficient credits". None: unlimited.
             unreachable: Hosts (with their subdomains) and URL prefixes whose images "cannot
                 be fetched"; hosts under ``.invalid`` never can. Nothing is ever downloaded.
+            webhook_drop: The probability that a job's webhook callback is not sent (jobs
+                submitted with a ``webhook`` URL are called back when they end, like the real
+                service: best effort, no retry). Drawn per job from ``seed``.
+            webhook_duplicate: The probability that a callback is sent twice.
+            webhook_delay: Seconds between a job's end and its callback.
 
         .. versionchanged:: 0.1.0
-           ``queue_limit``, ``variants``, ``balance`` and ``unreachable``.
+           ``queue_limit``, ``variants``, ``balance``, ``unreachable`` and the ``webhook_``
+           options.
         """
         specs = _default_specs(servers) if isinstance(servers, int) else list(servers)
         if not specs:
@@ -104,6 +114,13 @@ class FakeModelsLab:
         self._specs = specs
         self._host = host
         self._port = port
+        self._webhooks = CallbackSender(
+            drop=webhook_drop,
+            duplicate=webhook_duplicate,
+            delay=webhook_delay,
+            seed=seed,
+            max_records=max_records,
+        )
         self._engine = Engine(
             specs,
             processing_threshold=processing_threshold,
@@ -114,6 +131,7 @@ class FakeModelsLab:
             variants=variants,
             balance=check_balance(balance),
             unreachable=unreachable,
+            webhooks=self._webhooks,
         )
         self._runner: web.AppRunner | None = None
 
@@ -159,15 +177,19 @@ class FakeModelsLab:
         self._runner = runner
         port = runner.addresses[0][1]
         host = f"[{self._host}]" if ":" in self._host else self._host
-        engine.clock = asyncio.get_running_loop().time
+        engine.clock = self._webhooks.clock = asyncio.get_running_loop().time
         engine.root_url = f"http://{host}:{port}"
         engine.base_url = engine.root_url + engine.prefix
 
     async def stop(self) -> None:
-        """Stop listening; requests still held are cut off. Does nothing if not running."""
+        """Stop listening; requests still held and callbacks not sent yet are cut off.
+
+        Does nothing if not running.
+        """
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+            await self._webhooks.stop()
 
     def _require_started(self) -> None:
         if not self._engine.root_url:
@@ -203,6 +225,28 @@ class FakeModelsLab:
     def clear_received(self) -> None:
         """Forget the recorded requests."""
         self._engine.recorder.clear()
+
+    @property
+    def webhooks(self) -> list[WebhookAttempt]:
+        """The webhook callbacks sent, dropped, refused or failed, oldest first.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._webhooks.records()
+
+    def clear_webhooks(self) -> None:
+        """Forget the recorded webhook callbacks.
+
+        .. versionadded:: 0.1.0
+        """
+        self._webhooks.clear()
+
+    async def wait_webhooks(self) -> None:
+        """Wait until every callback scheduled so far was sent, dropped or failed.
+
+        .. versionadded:: 0.1.0
+        """
+        await self._webhooks.wait()
 
     def stats(self) -> list[FakeServerStats]:
         """Return a snapshot of each server's counters, in server order.

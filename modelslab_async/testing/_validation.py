@@ -151,7 +151,10 @@ def _check_range(field: str, value: Any, *, low: float, high: float, integer: bo
 def _is_url(value: Any) -> bool:
     if not isinstance(value, str):
         return False
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+        return False
     return parts.scheme in {"http", "https"} and bool(parts.netloc)
 
 
