@@ -253,17 +253,21 @@ converter.register_structure_hook(Img2ImgRequest, lambda body, _: request_from_w
 
 
 def _text_or_none(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
+    kind = type(value)
+    if kind is str:
+        return value or None
+    if value is None or kind is bool:
+        return None if value is None else str(value).lower()
+    if kind is float and value.is_integer():
         return str(int(value))
-    return str(value)
+    return str(value) if value != "" else None
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None or value == "":
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if value is None or kind is bool or value == "":
         return None
     try:
         number = float(value)
@@ -273,19 +277,29 @@ def _number(value: Any) -> float | None:
 
 
 def _links(value: Any) -> tuple[str, ...]:
+    kind = type(value)
+    if kind is list or kind is tuple:
+        if all(type(item) is str and item for item in value):
+            return tuple(value)  # the common case: every item a URL
+        return tuple(item for item in value if isinstance(item, str) and item)
     if isinstance(value, str):
         return (value,) if value else ()
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list | tuple):
         return tuple(item for item in value if isinstance(item, str) and item)
     return ()
 
 
 def _nsfw(value: Any) -> bool | None:
+    if value is None:
+        return None
     if isinstance(value, bool):
         return value
     if isinstance(value, list) and value:
         return any(item is True for item in value)
     return None
+
+
+_LOWER_STATUSES = frozenset({"success", "processing", "error", "failed"})
 
 
 def parse_response(body: Any, *, status_code: int = 200) -> ApiResponse:
@@ -306,21 +320,25 @@ def parse_response(body: Any, *, status_code: int = 200) -> ApiResponse:
         raise ResponseFormatError(
             "answer has no status", status_code=status_code, snippet=repr(body)[:200]
         )
-    meta = body.get("meta")
-    message = body.get("message", body.get("messege"))
+    get = body.get
+    meta = get("meta")
+    message = get("message")
+    eta = get("eta")
+    retry_after = get("retry_after")
+    future = get("future_links")
     return ApiResponse(
-        status=status.strip().lower(),
-        message=_text_or_none(message),
-        id=_text_or_none(body.get("id")),
-        output=_links(body.get("output")),
-        proxy_links=_links(body.get("proxy_links")),
-        future_links=_links(body.get("future_links")),
-        eta=_number(body.get("eta")),
-        generation_time=_number(body.get("generationTime", body.get("generation_time"))),
+        status=status if status in _LOWER_STATUSES else status.strip().lower(),
+        message=_text_or_none(get("messege") if message is None else message),
+        id=_text_or_none(get("id")),
+        output=_links(get("output")),
+        proxy_links=_links(get("proxy_links")),
+        future_links=() if future is None else _links(future),
+        eta=None if eta is None else _number(eta),
+        generation_time=_number(get("generationTime", get("generation_time"))),
         meta=meta if isinstance(meta, dict) else {},
-        nsfw_content_detected=_nsfw(body.get("nsfw_content_detected")),
-        retry_after=_number(body.get("retry_after")),
-        fetch_result=_text_or_none(body.get("fetch_result")),
+        nsfw_content_detected=_nsfw(get("nsfw_content_detected")),
+        retry_after=None if retry_after is None else _number(retry_after),
+        fetch_result=_text_or_none(get("fetch_result")),
     )
 
 

@@ -381,7 +381,7 @@ class Dispatcher:
 class _Watch:
     """One job's events: counted into the batch's progress, then passed to the user."""
 
-    __slots__ = ("_ended", "_handler", "_progress", "_queued", "index", "job_id")
+    __slots__ = ("_ended", "_handler", "_progress", "_queued", "event_kinds", "index", "job_id")
 
     def __init__(
         self, progress: BatchProgress, handler: JobEventHandler | None, job_id: str, index: int
@@ -392,6 +392,9 @@ class _Watch:
         self.index = index
         self._queued = False
         self._ended = False
+        # Without a user's handler, "submitted" events count for nothing: the runner need not
+        # build them (it reads this attribute of a handler, when there is one).
+        self.event_kinds = _ALL_KINDS if handler is not None else _COUNTED_KINDS
 
     def __call__(self, event: JobEvent) -> None:
         kind = event.kind
@@ -415,6 +418,10 @@ class _Watch:
         """Say FAILED for a job that failed before its runner could (bad item, unreadable file)."""
         if not self._ended:
             self(JobEvent(kind=EventKind.FAILED, error=f"{type(error).__name__}: {error}"))
+
+
+_ALL_KINDS = frozenset(EventKind)
+_COUNTED_KINDS = _ALL_KINDS - {EventKind.SUBMITTED}
 
 
 @define

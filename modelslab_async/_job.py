@@ -63,6 +63,8 @@ class JobRunner:
         self._poll_policy = poll
         self._timeout = timeout
         self._emit_to = emit
+        # A handler may say which kinds of event it wants (``event_kinds``); others are not built.
+        self._kinds: frozenset[EventKind] | None = getattr(emit, "event_kinds", None)
         self._priority = priority
         self.track_id = track_id
         self._sleep = sleep
@@ -393,7 +395,7 @@ class JobRunner:
         result: ImageResult | None = None,
     ) -> None:
         handler = self._emit_to
-        if handler is None:
+        if handler is None or (self._kinds is not None and kind not in self._kinds):
             return
         deliver(
             handler,

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from attrs import field, frozen
+from attrs import define, field, frozen
 
 from ._errors import InvalidRequestError
 
@@ -374,9 +374,12 @@ class SystemDetails:
     raw: Mapping[str, Any] = field(factory=dict, converter=_extra)
 
 
-@frozen(kw_only=True)
+@define(kw_only=True)
 class ApiResponse:
-    """An answer of the API, parsed tolerantly; internal (the client turns it into results)."""
+    """
+    An answer of the API, parsed tolerantly; internal (the client turns it into results).
+    Not frozen: one is built for every call, and a frozen class costs twice as much to build.
+    """
 
     status: str
     message: str | None = None
