@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata as _metadata
 
+from ._backend import CoordinationBackend, Grant, MemoryBackend, SharedState, SlotSpec
 from ._client import Client
 from ._config import DEFAULT, DEFAULT_BASE_URL, Default, Endpoints, PollPolicy, Timeouts
 from ._converter import request_from_wire, request_to_wire
@@ -54,6 +55,7 @@ __all__ = [
     "BatchProgress",
     "Client",
     "ConnectError",
+    "CoordinationBackend",
     "DEFAULT",
     "Default",
     "DEFAULT_BASE_URL",
@@ -61,6 +63,7 @@ __all__ = [
     "Endpoints",
     "EventKind",
     "fingerprint",
+    "Grant",
     "HealthPolicy",
     "ImageResult",
     "Img2ImgRequest",
@@ -73,6 +76,7 @@ __all__ = [
     "JobOutcome",
     "JobStatus",
     "JobTimeoutError",
+    "MemoryBackend",
     "ModelsLabError",
     "NoServerAvailableError",
     "PollPolicy",
@@ -92,6 +96,8 @@ __all__ = [
     "ServerError",
     "ServerPool",
     "ServerSnapshot",
+    "SharedState",
+    "SlotSpec",
     "SystemDetails",
     "Timeouts",
     "Transport",

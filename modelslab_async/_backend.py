@@ -28,9 +28,26 @@ from typing import Literal, Protocol
 
 from attrs import frozen
 
-__all__ = ["BreakerView", "CoordinationBackend", "Grant", "SharedState", "SlotSpec"]
+__all__ = [
+    "BreakerView",
+    "CoordinationBackend",
+    "Grant",
+    "MemoryBackend",
+    "SharedState",
+    "SlotSpec",
+]
 
 BreakerView = Literal["closed", "open", "half-open"]
+
+
+@frozen
+class MemoryBackend:
+    """
+    The default backend: the pool's slots, cooldowns and breakers live in this process's
+    memory, kept by the pool's own scheduler (wake-one handoff, no round trips). Nothing to
+    run; right for one process. For several processes sharing servers, use a
+    :class:`CoordinationBackend` such as ``modelslab_async.redis.RedisBackend``.
+    """
 
 
 @frozen

@@ -313,11 +313,11 @@ class Client:
                 route, path, fields, read_timeout=self.timeouts.fetch_read, phase="fetch"
             )
         except ModelsLabError as error:
-            self._scheduler.record_failure(
+            await self._scheduler.report_failure(
                 route, judge(error), f"{type(error).__name__}: {error.message}", probe=False
             )
             raise
-        self._scheduler.record_success(route, probe=False)
+        await self._scheduler.report_success(route, probe=False)
         return answer
 
     async def _probe_forever(self, interval: float) -> None:
@@ -328,19 +328,20 @@ class Client:
             await asyncio.sleep(interval)
 
     async def _probe(self, route: Route) -> None:
-        probe = self._scheduler.claim_probe(route)
+        # In memory, a probe of a half-open server is its one probe; a shared backend grants
+        # probes with slots only, so a background probe there just reports what it saw.
+        probe = self._scheduler.shared is None and self._scheduler.claim_probe(route)
         try:
             details = await self.system_details(route.name)
         except ModelsLabError as error:
             logger.info("probe of %s failed: %s", route.name, error)
-            self._scheduler.record_failure(
-                route, judge(error), f"{type(error).__name__}: {error.message}", probe=probe
-            )
+            text = f"{type(error).__name__}: {error.message}"
+            await self._scheduler.report_failure(route, judge(error), text, probe=probe)
         except Exception:  # a bug must not cancel the user's code through the task group
             logger.exception("probe of %s raised", route.name)
         else:
             if details.status.lower() in ("ok", "success"):
-                self._scheduler.record_success(route, probe=probe)
+                await self._scheduler.report_success(route, probe=probe)
         finally:
             if probe:
                 self._scheduler.probe_done(route)

@@ -59,6 +59,7 @@ class JobRunner:
     ) -> None:
         self._wire = wire
         self._scheduler = scheduler
+        self._shared = scheduler.shared is not None  # slots in a backend: awaited calls
         self._retry = retry
         self._poll_policy = poll
         self._timeout = timeout
@@ -143,7 +144,10 @@ class JobRunner:
             final = await self._poll(route, request_id, eta=0.0)
         finally:
             route.processing -= 1
-            self._scheduler.release(lease)
+            if self._shared:
+                await self._scheduler.give_back(lease)
+            else:
+                self._scheduler.release(lease)
         return self.result(route, final)
 
     def _timed_out(self) -> ModelsLabError:
@@ -210,7 +214,7 @@ class JobRunner:
             text = f"{type(error).__name__}: {error}" if error else None
             self._emit(EventKind.RETRIED, wait=wait, error=text)
 
-    def _failed_call(
+    async def _failed_call(
         self, route: Route, phase: Literal["submit", "fetch"], error: ModelsLabError, probe: bool
     ) -> Verdict:
         health = route.health.policy
@@ -222,7 +226,10 @@ class JobRunner:
         self._last_failure = (error, verdict)
         self._record(route, phase, error)
         text = f"{type(error).__name__}: {error.message}"
-        self._scheduler.record_failure(route, verdict, text, probe=probe)
+        if self._shared:
+            await self._scheduler.report_failure(route, verdict, text, probe=probe)
+        else:
+            self._scheduler.record_failure(route, verdict, text, probe=probe)
         if phase == "submit":
             self._maybe_started = self._maybe_started or verdict.sent
             if verdict.elsewhere is Elsewhere.ONLY:
@@ -261,7 +268,10 @@ class JobRunner:
             result = await self._submit_on(lease)
             self._scheduler.record_job(route, time.monotonic() - started)
         finally:
-            self._scheduler.release(lease)
+            if self._shared:
+                await self._scheduler.give_back(lease)
+            else:
+                self._scheduler.release(lease)
         return result
 
     async def _submit_on(self, lease: Lease) -> ImageResult:
@@ -283,9 +293,12 @@ class JobRunner:
                 )
         except ModelsLabError as error:
             logger.debug("submit to %s failed: %r", route.name, error)
-            self._failed_call(route, "submit", error, lease.probe)
+            await self._failed_call(route, "submit", error, lease.probe)
             raise
-        self._scheduler.record_success(route, probe=lease.probe)
+        if self._shared:
+            await self._scheduler.report_success(route, probe=lease.probe)
+        else:
+            self._scheduler.record_success(route, probe=lease.probe)
         self._record(route, "submit", None, answer.status)
         if answer.status == "failed":
             raise JobFailedError(
@@ -329,7 +342,7 @@ class JobRunner:
                     phase="fetch",
                 )
             except ModelsLabError as error:
-                verdict = self._failed_call(route, "fetch", error, False)
+                verdict = await self._failed_call(route, "fetch", error, False)
                 if not verdict.transient:
                     message = getattr(error, "api_message", error.message)
                     raise JobFailedError(
@@ -337,7 +350,10 @@ class JobRunner:
                     ) from error
                 eta = self._retry.server_wait(error) if isinstance(error, RateLimitError) else None
                 continue
-            self._scheduler.record_success(route, probe=False)
+            if self._shared:
+                await self._scheduler.report_success(route, probe=False)
+            else:
+                self._scheduler.record_success(route, probe=False)
             if answer.status == "success" and _has_images(answer):
                 self._record(route, "fetch", None, "success")
                 return answer

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, get_args
 
+from ._backend import CoordinationBackend, MemoryBackend, SharedState
 from ._errors import InvalidRequestError
 from ._health import HealthPolicy
 from ._scheduler import Scheduler
@@ -44,6 +45,11 @@ class ServerPool:
         loadbalancer_flag: Also send ``loadbalancer: "yes"`` on the first-server path and
             ``"no"`` on the first server's own route (older deployments read this flag).
         max_overtakes: The starvation guard (see above).
+        backend: Where slots, cooldowns and breakers live. :class:`MemoryBackend` (the
+            default) keeps them in this process's memory, with nothing to run. When several
+            processes share the servers, a :class:`CoordinationBackend` such as
+            ``modelslab_async.redis.RedisBackend`` holds them for all; every process sharing
+            it must use the same servers and routing mode. The pool does not close it.
         clock: Monotonic clock in seconds (tests pass a controlled one).
 
     Raises:
@@ -58,6 +64,7 @@ class ServerPool:
         health: HealthPolicy | None = None,
         loadbalancer_flag: bool = True,
         max_overtakes: int = 32,
+        backend: MemoryBackend | CoordinationBackend | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         listed = [
@@ -77,7 +84,9 @@ class ServerPool:
             limit=self._limit,
             clock=clock,
             max_overtakes=max_overtakes,
+            backend=None if backend is None or isinstance(backend, MemoryBackend) else backend,
         )
+        self.backend: MemoryBackend | CoordinationBackend = backend or MemoryBackend()
 
     def _build_routes(self, flag: bool) -> list[Route]:
         def route(server: Server, extra: dict[str, str], index: int) -> Route:
@@ -123,8 +132,9 @@ class ServerPool:
 
     @property
     def active(self) -> int:
-        """Jobs holding a slot now."""
-        return self._scheduler.active
+        """Jobs of this process holding a slot now."""
+        shared = self._scheduler.shared
+        return self._scheduler.active if shared is None else shared.active
 
     @property
     def waiting(self) -> int:
@@ -141,6 +151,14 @@ class ServerPool:
             InvalidRequestError: No server has that name.
         """
         return route_of(self, name).name
+
+    async def shared_states(self) -> list[SharedState]:
+        """
+        Each route's state in the shared backend (holders in every process, cooldown,
+        breaker), default route first; empty without a backend.
+        """
+        shared = self._scheduler.shared
+        return [] if shared is None else await shared.states()
 
     def snapshot(self, now: float | None = None) -> list[ServerSnapshot]:
         """Each route's state now, default route first."""

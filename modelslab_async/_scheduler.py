@@ -18,10 +18,12 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Literal
 
 from ._admission import Waiter, WaitQueue
+from ._backend import CoordinationBackend
 from ._decisions import Verdict
 from ._errors import NoServerAvailableError
 from ._health import BreakerState
 from ._server import Lease, Route
+from ._shared import SharedSlots
 
 __all__ = ["Scheduler"]
 
@@ -44,8 +46,17 @@ class Scheduler:
         limit: int,
         clock: Callable[[], float],
         max_overtakes: int,
+        backend: CoordinationBackend | None = None,
     ) -> None:
         self.routes = tuple(routes)
+        # With a backend, the slots, cooldowns and breakers that count are shared there.
+        self.shared = (
+            None
+            if backend is None
+            else SharedSlots(
+                backend, self.routes, routing=routing, clock=clock, max_overtakes=max_overtakes
+            )
+        )
         self._routing = routing
         self._limit = limit
         self._clock = clock
@@ -76,6 +87,8 @@ class Scheduler:
     @property
     def waiting(self) -> int:
         """Callers waiting for a slot."""
+        if self.shared is not None:
+            return self.shared.waiting
         return (
             len(self._queue)
             + sum(len(q) for q in self._pinned.values())
@@ -115,6 +128,15 @@ class Scheduler:
         Raises:
             NoServerAvailableError: No route can take the job before the deadline.
         """
+        if self.shared is not None:
+            return await self.shared.acquire(
+                priority=priority,
+                deadline=deadline,
+                avoid=avoid,
+                exclude=exclude,
+                pinned=pinned,
+                timer=timer,
+            )
         now = self._clock()
         if self.active < self._limit:
             if pinned is None:
@@ -316,7 +338,9 @@ class Scheduler:
         return chosen or fallback
 
     def can_take_now(self, exclude: Collection[Route]) -> bool:
-        """Whether a route outside ``exclude`` could take a job right now."""
+        """Whether a route outside ``exclude`` could take a job right now (shared: maybe)."""
+        if self.shared is not None:
+            return self.has_other(exclude)
         if self.active >= self._limit:
             return False
         return self._pick((), exclude, self._clock()) is not None
@@ -382,6 +406,31 @@ class Scheduler:
     def _compact(self) -> None:
         self._ready = [e for e in self._ready if e[3] == e[4].version]
         heapq.heapify(self._ready)
+
+    # --- shared or local, for callers that may wait on a backend ------------------------------
+
+    async def give_back(self, lease: Lease) -> None:
+        """Release a lease, in the backend when there is one."""
+        if self.shared is None:
+            self.release(lease)
+        else:
+            await self.shared.release(lease)
+
+    async def report_failure(
+        self, route: Route, verdict: Verdict, text: str, *, probe: bool
+    ) -> None:
+        """Account a failed call, in the backend when there is one."""
+        if self.shared is None:
+            self.record_failure(route, verdict, text, probe=probe)
+        else:
+            await self.shared.record_failure(route, verdict, text, probe=probe)
+
+    async def report_success(self, route: Route, *, probe: bool) -> None:
+        """Account a usable answer, in the backend when there is one."""
+        if self.shared is None:
+            self.record_success(route, probe=probe)
+        else:
+            await self.shared.record_success(route, probe=probe)
 
     # --- health -------------------------------------------------------------------------------
 

@@ -137,12 +137,13 @@ class ServerSnapshot:
 class Lease:
     """A slot on one route, held by one job until it is released (once; again is a no-op)."""
 
-    __slots__ = ("probe", "released", "route")
+    __slots__ = ("holder", "probe", "released", "route")
 
     def __init__(self, route: Route, probe: bool = False) -> None:
         self.route = route
         self.probe = probe  # this job's first call is the half-open probe of its route
         self.released = False
+        self.holder = ""  # the lease's id in a shared backend
 
     def __repr__(self) -> str:
         return f"<Lease {self.route.name}{' probe' if self.probe else ''}>"
