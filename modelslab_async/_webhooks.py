@@ -45,7 +45,7 @@ from ._errors import InvalidRequestError, ResponseFormatError
 from ._models import ApiResponse
 from ._webhook_apps import ASGIApp, aiohttp_app, asgi_app
 
-__all__ = ["WebhookReceiver"]
+__all__ = ["CallbackBook", "WebhookReceiver", "callbacks_of"]
 
 logger = logging.getLogger("modelslab_async.webhooks")
 
@@ -120,6 +120,76 @@ class _Expected:
         self.request_id = request_id
 
 
+class CallbackBook:
+    """
+    The jobs a receiver awaits callbacks for. Internal: the client registers its jobs here
+    (through :func:`callbacks_of`); users only mount the receiver.
+    """
+
+    __slots__ = ("expected", "late", "late_after")
+
+    def __init__(self, late_after: float) -> None:
+        self.late_after = late_after
+        self.expected: dict[str, _Expected] = {}
+        self.late: OrderedDict[str, float] = OrderedDict()  # track_id -> when forgotten
+
+    def expect(
+        self, track_id: str, *, request_id: str | None = None
+    ) -> asyncio.Future[ApiResponse]:
+        """
+        Register that a callback for this job is awaited; return the future it resolves.
+
+        The future gets the job's final answer (``success``, ``failed`` or ``error``) from the
+        first trusted callback, and never an exception. Calling this again for the same
+        ``track_id`` returns the same future. Call it inside the event loop that serves the
+        receiver.
+
+        Raises:
+            InvalidRequestError: ``track_id`` is not a non-empty string.
+        """
+        _check_track_id(track_id)
+        entry = self.expected.get(track_id)
+        if entry is None:
+            self.late.pop(track_id, None)
+            future: asyncio.Future[ApiResponse] = asyncio.get_running_loop().create_future()
+            entry = self.expected[track_id] = _Expected(future, request_id)
+        elif request_id is not None:
+            entry.request_id = request_id
+        return entry.future
+
+    def set_request_id(self, track_id: str, request_id: str) -> None:
+        """Record the id the submit answered for this job; unknown jobs are skipped."""
+        entry = self.expected.get(track_id)
+        if entry is not None:
+            entry.request_id = request_id
+
+    def forget(self, track_id: str) -> None:
+        """
+        Stop awaiting this job's callback (it ended, by polling or by its callback).
+
+        Its later callbacks are answered 200 and ignored for ``late_after`` seconds. The
+        future is left as it is (never cancelled).
+        """
+        if self.expected.pop(track_id, None) is None:
+            return
+        self.purge_late()
+        self.late[track_id] = time.monotonic()
+        self.late.move_to_end(track_id)
+        if len(self.late) > _MAX_LATE:
+            self.late.popitem(last=False)
+
+    def purge_late(self) -> None:
+        horizon = time.monotonic() - self.late_after
+        late = self.late
+        while late and next(iter(late.values())) < horizon:
+            late.popitem(last=False)
+
+
+def callbacks_of(receiver: WebhookReceiver) -> CallbackBook:
+    """The receiver's book of awaited jobs (for the client, not part of the public API)."""
+    return receiver._book
+
+
 @final
 class WebhookReceiver:
     """
@@ -172,14 +242,13 @@ class WebhookReceiver:
         self._secret = secret
         self.max_body_bytes = max_body_bytes
         self.late_after = float(late_after)
-        self._expected: dict[str, _Expected] = {}
-        self._late: OrderedDict[str, float] = OrderedDict()  # track_id -> when forgotten
+        self._book = CallbackBook(self.late_after)
         self._stats = dict.fromkeys(_STATS, 0)
 
     def __repr__(self) -> str:
         return (
-            f"<WebhookReceiver {self._public_url} expected={len(self._expected)} "
-            f"late={len(self._late)}>"
+            f"<WebhookReceiver {self._public_url} expected={len(self._book.expected)} "
+            f"late={len(self._book.late)}>"
         )
 
     @property
@@ -212,57 +281,6 @@ class WebhookReceiver:
         """
         _check_track_id(track_id)
         return f"{self._public_url}/{self._token(track_id)}"
-
-    def expect(
-        self, track_id: str, *, request_id: str | None = None
-    ) -> asyncio.Future[ApiResponse]:
-        """
-        Register that a callback for this job is awaited; return the future it resolves.
-
-        The future gets the job's final answer (``success``, ``failed`` or ``error``) from the
-        first trusted callback, and never an exception. Calling this again for the same
-        ``track_id`` returns the same future. Call it inside the event loop that serves the
-        receiver.
-
-        Raises:
-            InvalidRequestError: ``track_id`` is not a non-empty string.
-        """
-        _check_track_id(track_id)
-        entry = self._expected.get(track_id)
-        if entry is None:
-            self._late.pop(track_id, None)
-            future: asyncio.Future[ApiResponse] = asyncio.get_running_loop().create_future()
-            entry = self._expected[track_id] = _Expected(future, request_id)
-        elif request_id is not None:
-            entry.request_id = request_id
-        return entry.future
-
-    def set_request_id(self, track_id: str, request_id: str) -> None:
-        """Record the id the submit answered for this job; unknown jobs are skipped."""
-        entry = self._expected.get(track_id)
-        if entry is not None:
-            entry.request_id = request_id
-
-    def forget(self, track_id: str) -> None:
-        """
-        Stop awaiting this job's callback (it ended, by polling or by its callback).
-
-        Its later callbacks are answered 200 and ignored for ``late_after`` seconds. The
-        future is left as it is (never cancelled).
-        """
-        if self._expected.pop(track_id, None) is None:
-            return
-        self._purge_late()
-        self._late[track_id] = time.monotonic()
-        self._late.move_to_end(track_id)
-        if len(self._late) > _MAX_LATE:
-            self._late.popitem(last=False)
-
-    def _purge_late(self) -> None:
-        horizon = time.monotonic() - self.late_after
-        late = self._late
-        while late and next(iter(late.values())) < horizon:
-            late.popitem(last=False)
 
     # The handler -------------------------------------------------------------------------
 
@@ -304,10 +322,10 @@ class WebhookReceiver:
     def _settle(self, track_id: str, payload: dict[str, Any]) -> tuple[int, bytes]:
         """A callback whose token matches its ``track_id``: match it with the job."""
         stats = self._stats
-        entry = self._expected.get(track_id)
+        entry = self._book.expected.get(track_id)
         if entry is None or entry.future.cancelled():
-            self._purge_late()
-            if entry is None and track_id not in self._late:
+            self._book.purge_late()
+            if entry is None and track_id not in self._book.late:
                 stats["unknown"] += 1
                 return _answer(404, "not found")
             stats["late"] += 1

@@ -13,6 +13,7 @@ import pytest
 
 import modelslab_async._webhooks as webhooks_module
 from modelslab_async import InvalidRequestError, WebhookReceiver
+from modelslab_async._webhooks import callbacks_of
 
 PUBLIC = "https://api.example.com/hooks/"
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -113,7 +114,7 @@ def test_unusable_settings_are_refused(kwargs: dict[str, Any], field: str) -> No
 
 async def test_a_final_callback_resolves_its_job(receiver: WebhookReceiver) -> None:
     """200, the parsed answer in the future, counted as accepted."""
-    future = receiver.expect("job-1", request_id="42")
+    future = callbacks_of(receiver).expect("job-1", request_id="42")
     assert (200, "accepted") == post(receiver, "job-1", success("job-1"))
     result = await future
     assert ("success", "42", ("https://x/1.png",)) == (result.status, result.id, result.output)
@@ -122,18 +123,18 @@ async def test_a_final_callback_resolves_its_job(receiver: WebhookReceiver) -> N
 
 async def test_expect_twice_returns_the_same_future(receiver: WebhookReceiver) -> None:
     """A second expect (or set_request_id) updates the request id of the same registration."""
-    first = receiver.expect("job-1")
-    assert first is receiver.expect("job-1", request_id="7")
-    receiver.set_request_id("nobody", "1")  # unknown: nothing happens
+    first = callbacks_of(receiver).expect("job-1")
+    assert first is callbacks_of(receiver).expect("job-1", request_id="7")
+    callbacks_of(receiver).set_request_id("nobody", "1")  # unknown: nothing happens
     assert 409 == post(receiver, "job-1", success("job-1", 8))[0]
-    receiver.set_request_id("job-1", "8")
+    callbacks_of(receiver).set_request_id("job-1", "8")
     assert 200 == post(receiver, "job-1", success("job-1", 8))[0]
     assert "8" == first.result().id
 
 
 async def test_a_failed_callback_resolves_with_the_failure(receiver: WebhookReceiver) -> None:
     """The documented failure form settles the job too (the runner raises from it)."""
-    future = receiver.expect("job-1", request_id="42")
+    future = callbacks_of(receiver).expect("job-1", request_id="42")
     payload = body(status="failed", id=42, message="GPU fell over", track_id="job-1")
     assert 200 == post(receiver, "job-1", payload)[0]
     assert ("failed", "GPU fell over") == (future.result().status, future.result().message)
@@ -149,7 +150,7 @@ async def test_a_failed_callback_resolves_with_the_failure(receiver: WebhookRece
 )
 async def test_non_final_callbacks_are_ignored(receiver: WebhookReceiver, payload: bytes) -> None:
     """processing (or success without output) answers 200 and leaves the job waiting."""
-    future = receiver.expect("job-1", request_id="42")
+    future = callbacks_of(receiver).expect("job-1", request_id="42")
     assert (200, "ignored") == post(receiver, "job-1", payload)
     assert not future.done()
     assert 200 == post(receiver, "job-1", success("job-1"))[0]
@@ -158,7 +159,7 @@ async def test_non_final_callbacks_are_ignored(receiver: WebhookReceiver, payloa
 
 async def test_a_duplicate_changes_nothing(receiver: WebhookReceiver) -> None:
     """The first final callback wins; later ones answer 200 and are counted."""
-    future = receiver.expect("job-1")
+    future = callbacks_of(receiver).expect("job-1")
     post(receiver, "job-1", success("job-1", 42))
     assert (200, "duplicate") == post(receiver, "job-1", body(status="failed", track_id="job-1"))
     assert "success" == future.result().status
@@ -167,7 +168,7 @@ async def test_a_duplicate_changes_nothing(receiver: WebhookReceiver) -> None:
 
 async def test_an_unknown_id_is_learnt_from_the_callback(receiver: WebhookReceiver) -> None:
     """Without a request id yet (the submit answer was lost), the callback's id is taken."""
-    future = receiver.expect("job-1")
+    future = callbacks_of(receiver).expect("job-1")
     post(receiver, "job-1", success("job-1", 99))
     assert "99" == future.result().id
 
@@ -177,7 +178,7 @@ async def test_an_id_mismatch_is_refused_and_logged(
 ) -> None:
     """409, the job keeps waiting, one warning that shows neither token nor long text."""
     caplog.set_level(logging.DEBUG, logger="modelslab_async")
-    future = receiver.expect("job-1", request_id="42")
+    future = callbacks_of(receiver).expect("job-1", request_id="42")
     status, _ = post(receiver, "job-1", success("job-1", "7" * 500))
     assert 409 == status
     assert not future.done()
@@ -193,8 +194,8 @@ async def test_a_forged_token_is_refused(
 ) -> None:
     """A token made for another track_id, or made up, is 404 and resolves nothing."""
     caplog.set_level(logging.DEBUG, logger="modelslab_async")
-    future = receiver.expect("victim", request_id="42")
-    receiver.expect("attacker")
+    future = callbacks_of(receiver).expect("victim", request_id="42")
+    callbacks_of(receiver).expect("attacker")
     forged = token_of(receiver, "attacker")
     for token in (forged, "A" * 43, "", "ünïcode", token_of(receiver, "victim")[:-1]):
         status, _ = receiver.handle(token, {}, success("victim"))
@@ -216,14 +217,14 @@ async def test_a_payload_without_track_id_is_refused(
     receiver: WebhookReceiver, payload: bytes
 ) -> None:
     """The token is checked against the payload's own track_id: none, no trust."""
-    future = receiver.expect("victim")
+    future = callbacks_of(receiver).expect("victim")
     assert 404 == receiver.handle(token_of(receiver, "victim"), {}, payload)[0]
     assert not future.done()
 
 
 async def test_a_numeric_track_id_is_read_as_text(receiver: WebhookReceiver) -> None:
     """A track_id echoed as a JSON number still matches its job."""
-    future = receiver.expect("1234")
+    future = callbacks_of(receiver).expect("1234")
     assert 200 == receiver.handle(token_of(receiver, "1234"), {}, success(1234))[0]  # type: ignore[arg-type]
     assert future.done()
 
@@ -240,9 +241,9 @@ async def test_late_callbacks_are_acknowledged_then_forgotten(
     """After forget: 200 "late" for late_after seconds, then 404; the future is untouched."""
     now = [1000.0]
     monkeypatch.setattr(webhooks_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    future = receiver.expect("job-1")
-    receiver.forget("job-1")
-    receiver.forget("job-1")  # twice: nothing more happens
+    future = callbacks_of(receiver).expect("job-1")
+    callbacks_of(receiver).forget("job-1")
+    callbacks_of(receiver).forget("job-1")  # twice: nothing more happens
     assert (200, "late") == post(receiver, "job-1", success("job-1"))
     assert not future.done()
     now[0] += receiver.late_after + 1
@@ -252,9 +253,9 @@ async def test_late_callbacks_are_acknowledged_then_forgotten(
 
 async def test_a_job_expected_again_after_forget_is_not_late(receiver: WebhookReceiver) -> None:
     """Registering the track_id again makes its callbacks count."""
-    receiver.expect("job-1")
-    receiver.forget("job-1")
-    future = receiver.expect("job-1")
+    callbacks_of(receiver).expect("job-1")
+    callbacks_of(receiver).forget("job-1")
+    future = callbacks_of(receiver).expect("job-1")
     assert 200 == post(receiver, "job-1", success("job-1"))[0]
     assert future.done()
     assert 0 == receiver.stats["late"]
@@ -262,7 +263,7 @@ async def test_a_job_expected_again_after_forget_is_not_late(receiver: WebhookRe
 
 async def test_a_cancelled_future_makes_its_callbacks_late(receiver: WebhookReceiver) -> None:
     """Whoever awaited the job gave up: the callback is acknowledged and dropped."""
-    receiver.expect("job-1").cancel()
+    callbacks_of(receiver).expect("job-1").cancel()
     assert (200, "late") == post(receiver, "job-1", success("job-1"))
 
 
@@ -279,7 +280,7 @@ async def test_bodies_that_are_not_json_objects_are_400(
     receiver: WebhookReceiver, payload: bytes, counter: str
 ) -> None:
     """400, nothing resolved."""
-    future = receiver.expect("job-1")
+    future = callbacks_of(receiver).expect("job-1")
     assert 400 == post(receiver, "job-1", payload)[0]
     assert 1 == receiver.stats[counter]
     assert not future.done()
@@ -287,7 +288,7 @@ async def test_bodies_that_are_not_json_objects_are_400(
 
 async def test_a_payload_without_status_is_400(receiver: WebhookReceiver) -> None:
     """A good token with an unreadable answer resolves nothing."""
-    future = receiver.expect("job-1")
+    future = callbacks_of(receiver).expect("job-1")
     assert 400 == post(receiver, "job-1", body(id=42, track_id="job-1"))[0]
     assert not future.done()
 
@@ -295,7 +296,7 @@ async def test_a_payload_without_status_is_400(receiver: WebhookReceiver) -> Non
 async def test_an_oversize_body_is_413() -> None:
     """Over the cap (by its length or its declared length): 413, nothing parsed."""
     receiver = WebhookReceiver(PUBLIC, secret=SECRET, max_body_bytes=200)
-    future = receiver.expect("job-1")
+    future = callbacks_of(receiver).expect("job-1")
     big = success("job-1", padding="x" * 200)
     assert 413 == post(receiver, "job-1", big)[0]
     small = success("job-1")
@@ -315,7 +316,7 @@ def test_stats_and_repr_show_counts_never_secrets(receiver: WebhookReceiver) -> 
 
 async def test_futures_resolve_across_tasks(receiver: WebhookReceiver) -> None:
     """A task awaiting the future wakes when a callback arrives."""
-    future = receiver.expect("job-1")
+    future = callbacks_of(receiver).expect("job-1")
     waiter = asyncio.ensure_future(asyncio.wait_for(future, 1))
     await asyncio.sleep(0)
     post(receiver, "job-1", success("job-1"))

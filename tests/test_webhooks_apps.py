@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from modelslab_async import WebhookReceiver
+from modelslab_async._webhooks import callbacks_of
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 
@@ -71,7 +72,7 @@ def token(receiver: WebhookReceiver, track_id: str) -> str:
 
 async def test_asgi_resolves_a_job_from_a_chunked_body(receiver: WebhookReceiver) -> None:
     """POST /{token} under the mount point (root_path stripped), body read in chunks."""
-    future = receiver.expect("job-1")
+    future = callbacks_of(receiver).expect("job-1")
     payload = success("job-1")
     call = ASGICall([payload[:10], payload[10:50], payload[50:]])
     app = receiver.asgi_app()
@@ -83,7 +84,7 @@ async def test_asgi_resolves_a_job_from_a_chunked_body(receiver: WebhookReceiver
 
 async def test_asgi_works_mounted_with_path_relative_too(receiver: WebhookReceiver) -> None:
     """Servers that already cut the prefix from path (root_path kept) are served as well."""
-    future = receiver.expect("job-1")
+    future = callbacks_of(receiver).expect("job-1")
     call = ASGICall([success("job-1")])
     path = f"/{token(receiver, 'job-1')}"
     await receiver.asgi_app()(scope(path, root="/hooks"), call.receive, call.send)
@@ -93,7 +94,7 @@ async def test_asgi_works_mounted_with_path_relative_too(receiver: WebhookReceiv
 
 async def test_asgi_stops_reading_past_the_cap(receiver: WebhookReceiver) -> None:
     """An endless body is read up to the cap plus one byte, then refused with 413."""
-    future = receiver.expect("job-1")
+    future = callbacks_of(receiver).expect("job-1")
     call = ASGICall([b"x" * 100] * 50)
     await receiver.asgi_app()(scope(f"/{token(receiver, 'job-1')}"), call.receive, call.send)
     assert 413 == call.status
@@ -125,7 +126,7 @@ async def test_asgi_answers_other_paths_and_methods(
 
 async def test_asgi_forged_and_invalid_callbacks(receiver: WebhookReceiver) -> None:
     """A wrong token is 404, a non-JSON body 400: the same core as every adapter."""
-    receiver.expect("job-1")
+    callbacks_of(receiver).expect("job-1")
     forged = ASGICall([success("job-1")])
     await receiver.asgi_app()(scope(f"/{token(receiver, 'x')}"), forged.receive, forged.send)
     garbage = ASGICall([b"<html>"])
@@ -175,7 +176,7 @@ async def served(receiver: WebhookReceiver) -> AsyncIterator[str]:
 
 async def test_aiohttp_subapp_on_a_real_socket(receiver: WebhookReceiver, served: str) -> None:
     """Mounted with add_subapp: accepted, forged, oversize, wrong method."""
-    future = receiver.expect("job-1")
+    future = callbacks_of(receiver).expect("job-1")
     url = f"{served}/{token(receiver, 'job-1')}"
     async with aiohttp.ClientSession() as session:
         async with session.post(url, data=success("job-1")) as answer:

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from modelslab_async import Client, ImageResult, Server, ServerPool, WebhookReceiver
+from modelslab_async._webhooks import callbacks_of
 from modelslab_async.testing import FakeModelsLab, FakeServerSpec
 
 from ._helpers import FAST_POLL, make_request
@@ -49,7 +50,7 @@ async def test_unreliable_callbacks_resolve_each_job_exactly_once(
     )
     async with fake:
         pool = ServerPool([Server(key=s.key, name=s.name, max_concurrency=8) for s in specs])
-        futures = {f"t-{n}": receiver.expect(f"t-{n}") for n in range(JOBS)}
+        futures = {f"t-{n}": callbacks_of(receiver).expect(f"t-{n}") for n in range(JOBS)}
         async with Client(pool, base_url=fake.base_url, poll=FAST_POLL) as client:
 
             async def one(track: str) -> ImageResult:
