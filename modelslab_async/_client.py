@@ -27,6 +27,7 @@ from ._responses import classify_plain
 from ._retry import RetryPolicy
 from ._server import Route, Server
 from ._transport import AiohttpTransport, RawResponse, Transport, connection_limit
+from ._webhooks import CallbackBook, WebhookReceiver, callbacks_of
 
 __all__ = ["Client"]
 
@@ -61,6 +62,10 @@ class Client:
         poll: How queued jobs are polled.
         endpoints: Endpoint paths (documented by default; :meth:`Endpoints.sdk` for the SDKs').
         transport: Replaces the aiohttp transport (tests, benchmarks, custom sessions).
+        webhooks: A mounted :class:`WebhookReceiver`: every job then asks for a callback
+            (``webhook`` = the receiver's URL for its ``track_id``, unless the request names
+            its own) and takes its result from whichever comes first, the callback or
+            polling; polling starts later and runs less often, and never stops.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class Client:
         poll: PollPolicy | None = None,
         endpoints: Endpoints | None = None,
         transport: Transport | None = None,
+        webhooks: WebhookReceiver | None = None,
     ) -> None:
         if isinstance(servers, str):
             raise InvalidRequestError("servers", "pass a list of keys, not one string")
@@ -84,6 +90,8 @@ class Client:
             connect_timeout=self.timeouts.connect, limit=connection_limit(self.pool.capacity)
         )
         self._scheduler = scheduler_of(self.pool)
+        self.webhooks = webhooks
+        self._callbacks = None if webhooks is None else callbacks_of(webhooks)
         self._wire = Wire(
             self._transport, base_url.rstrip("/"), endpoints or Endpoints(), self.timeouts
         )
@@ -172,8 +180,17 @@ class Client:
         body = await self._wire_body(request)
         track_id = request.track_id or _new_track_id()
         body["track_id"] = track_id
-        runner = self._runner(self._job_timeout(timeout), on_event, priority, track_id)
-        return await runner.submit(body)
+        callbacks = self._callbacks
+        if callbacks is None or request.webhook is not None or self.webhooks is None:
+            return await self._runner(
+                self._job_timeout(timeout), on_event, priority, track_id
+            ).submit(body)
+        body["webhook"] = self.webhooks.url_for(track_id)
+        runner = self._runner(self._job_timeout(timeout), on_event, priority, track_id, callbacks)
+        try:
+            return await runner.submit(body)
+        finally:
+            callbacks.forget(track_id)
 
     async def _wire_body(self, request: Img2ImgRequest) -> dict[str, Any]:
         """The JSON body for ``request`` without the key (a local file is read off the loop)."""
@@ -295,6 +312,7 @@ class Client:
         on_event: JobEventHandler | None,
         priority: int,
         track_id: str | None,
+        callbacks: CallbackBook | None = None,
     ) -> JobRunner:
         return JobRunner(
             self._wire,
@@ -305,6 +323,7 @@ class Client:
             emit=on_event,
             priority=priority,
             track_id=track_id,
+            callbacks=callbacks,
         )
 
     async def _call_once(self, route: Route, path: str, fields: dict[str, str]) -> Any:

@@ -100,6 +100,13 @@ class PollPolicy:
         backoff: Growth of the interval when the server gives no eta.
         eta_margin: Fraction added to the eta so the first look lands just after the job ends.
         jitter: Random fraction added on top, spreading the looks of a batch.
+        webhook_grace: While a webhook callback is expected (``Client(webhooks=...)``), the
+            first look waits this many seconds more, so the callback usually comes first.
+        webhook_slowdown: While a callback is expected, later looks are this many times
+            further apart (never stopped: a lost callback costs latency, not the job).
+        lost_answer_wait: With webhooks, how long a job whose submit answer was lost waits
+            for its callback (the one way to learn that the server accepted it) before the
+            retry policy considers submitting it again.
     """
 
     initial_interval: float = field(default=1.0, validator=_positive)
@@ -108,9 +115,15 @@ class PollPolicy:
     backoff: float = field(default=1.5, validator=validators.ge(1.0))
     eta_margin: float = field(default=0.02, validator=validators.ge(0.0))
     jitter: float = field(default=0.03, validator=validators.ge(0.0))
+    webhook_grace: float = field(default=2.0, validator=validators.ge(0.0))
+    webhook_slowdown: float = field(default=3.0, validator=validators.ge(1.0))
+    lost_answer_wait: float = field(default=30.0, validator=validators.ge(0.0))
 
-    def delay(self, eta: float | None, previous: float | None) -> float:
-        """Seconds to wait before the next look, given the server's eta and the last wait."""
+    def delay(self, eta: float | None, previous: float | None, *, webhook: bool = False) -> float:
+        """
+        Seconds to wait before the next look, given the server's eta and the last wait (and
+        whether a webhook callback is expected).
+        """
         if eta is not None and math.isfinite(eta) and eta > 0:
             base = eta * (1 + self.eta_margin)
         elif previous is None:
@@ -118,4 +131,7 @@ class PollPolicy:
         else:
             base = previous * self.backoff
         base *= 1 + random.uniform(0, self.jitter)
+        if webhook:
+            slow = base + self.webhook_grace if previous is None else base * self.webhook_slowdown
+            return min(self.max_interval * self.webhook_slowdown, max(self.min_interval, slow))
         return min(self.max_interval, max(self.min_interval, base))

@@ -35,6 +35,7 @@ from ._retry import RetryPolicy
 from ._retrying import RetryCallState, retry_after_failure
 from ._scheduler import Scheduler
 from ._server import Lease, Route
+from ._webhooks import CallbackBook
 
 __all__ = ["JobRunner"]
 
@@ -55,6 +56,7 @@ class JobRunner:
         emit: JobEventHandler | None = None,
         priority: int = 0,
         track_id: str | None = None,
+        callbacks: CallbackBook | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._wire = wire
@@ -69,6 +71,11 @@ class JobRunner:
         self._priority = priority
         self.track_id = track_id
         self._sleep = sleep
+        # With webhooks: the callback this job races against polling, and the book it is in.
+        self._callbacks = callbacks
+        self._callback = (
+            None if callbacks is None or track_id is None else callbacks.expect(track_id)
+        )
         self._started = time.monotonic()
         self._deadline = None if timeout is None else self._started + timeout
         self._log: list[tuple[str, Literal["submit", "fetch"], str | None, str, float]] = []
@@ -293,7 +300,13 @@ class JobRunner:
                 )
         except ModelsLabError as error:
             logger.debug("submit to %s failed: %r", route.name, error)
-            await self._failed_call(route, "submit", error, lease.probe)
+            verdict = await self._failed_call(route, "submit", error, lease.probe)
+            if verdict.sent and self._callback is not None:
+                # The server may have accepted the job: its callback is the one way to know.
+                called = await self._callback_within(self._poll_policy.lost_answer_wait)
+                if called is not None:
+                    self._record(route, "submit", None, f"callback: {called.status}")
+                    return self._from_callback(route, called)
             raise
         if self._shared:
             await self._scheduler.report_success(route, probe=lease.probe)
@@ -314,6 +327,8 @@ class JobRunner:
                 "processing without an id", status_code=200, server=route.name
             )
         self.request_id, self.route = answer.id, route
+        if self._callbacks is not None and self.track_id is not None:
+            self._callbacks.set_request_id(self.track_id, answer.id)
         self._emit(EventKind.QUEUED, route.name, eta=answer.eta)
         route.processing += 1
         try:
@@ -328,10 +343,17 @@ class JobRunner:
     async def _poll(self, route: Route, request_id: str, eta: float | None) -> ApiResponse:
         path, fields = self._wire.endpoints.fetch_call(request_id)
         previous: float | None = None
+        webhook = self._callback is not None
         while True:
-            delay = self._poll_policy.delay(eta, previous)
+            delay = self._poll_policy.delay(eta, previous, webhook=webhook)
             previous = delay
-            await self._sleep(delay)
+            if webhook:
+                answer = await self._callback_within(delay)
+                if answer is not None:
+                    self._record(route, "fetch", None, f"callback: {answer.status}")
+                    return self._final(answer, request_id, route)
+            else:
+                await self._sleep(delay)
             route.health.fetches += 1
             try:
                 answer = await self._wire.call(
@@ -359,10 +381,31 @@ class JobRunner:
                 return answer
             if answer.status in ("failed", "error"):
                 self._record(route, "fetch", None, answer.status)
-                raise JobFailedError(
-                    answer.message or answer.status, request_id=request_id, server=route.name
-                )
-            eta = answer.eta
+            eta = self._final(answer, request_id, route).eta  # raises for a failed job
+
+    @staticmethod
+    def _final(answer: ApiResponse, request_id: str, route: Route) -> ApiResponse:
+        """A final answer as is; a failed job as its error (anything else: still running)."""
+        if answer.status in ("failed", "error"):
+            raise JobFailedError(
+                answer.message or answer.status, request_id=request_id, server=route.name
+            )
+        return answer
+
+    async def _callback_within(self, timeout: float) -> ApiResponse | None:
+        """The job's webhook callback, if it comes within ``timeout`` seconds."""
+        callback = self._callback
+        if callback is None:
+            return None
+        if not callback.done():
+            await asyncio.wait((callback,), timeout=timeout)
+        return callback.result() if callback.done() else None
+
+    def _from_callback(self, route: Route, answer: ApiResponse) -> ImageResult:
+        """The job's end as its callback told it, when its submit answer was lost."""
+        request_id = answer.id or ""
+        self.request_id, self.route = answer.id, route
+        return self.result(route, self._final(answer, request_id, route))
 
     # --- helpers ------------------------------------------------------------------------------
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from modelslab_async import Client, Img2ImgRequest, RetryPolicy, ServerPool, Timeouts
+from modelslab_async import (
+    Client,
+    Img2ImgRequest,
+    RetryPolicy,
+    ServerPool,
+    Timeouts,
+    WebhookReceiver,
+)
 from modelslab_async.testing import MockTransport
 
 from ._helpers import FAST_HEALTH, FAST_POLL, KEYS, make_request
@@ -68,3 +77,21 @@ async def fake() -> AsyncIterator[Any]:
 
     async with FakeModelsLab(servers=3, processing_threshold=0.2, seed=1) as server:
         yield server
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A receiver mounted at /hooks of an aiohttp app on a loopback port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # the port is needed for the URL before the app is frozen
+    hooks = WebhookReceiver(f"http://127.0.0.1:{sock.getsockname()[1]}/hooks")
+    app = web.Application()
+    app.add_subapp("/hooks", hooks.aiohttp_app())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        yield hooks
+    finally:
+        await runner.cleanup()
+        sock.close()

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import Counter
-from collections.abc import AsyncIterator
-
-import pytest
-from aiohttp import web
 
 from modelslab_async import Client, ImageResult, Server, ServerPool, WebhookReceiver
 from modelslab_async._webhooks import callbacks_of
@@ -17,24 +12,6 @@ from modelslab_async.testing import FakeModelsLab, FakeServerSpec
 from ._helpers import FAST_POLL, make_request
 
 JOBS = 200
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    """A receiver mounted at /hooks of an aiohttp app on a loopback port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # the port is needed for the URL before the app is frozen
-    hooks = WebhookReceiver(f"http://127.0.0.1:{sock.getsockname()[1]}/hooks")
-    app = web.Application()
-    app.add_subapp("/hooks", hooks.aiohttp_app())
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        yield hooks
-    finally:
-        await runner.cleanup()
-        sock.close()
 
 
 async def test_unreliable_callbacks_resolve_each_job_exactly_once(
