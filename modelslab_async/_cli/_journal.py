@@ -77,6 +77,8 @@ class Record:
         error_type: The error's type name, for a failed job.
         error: The error's message, for a failed job.
         line: The manifest line, for a line that could not be read as a job.
+        worker: The worker that finished the job (``modelslab-async worker``), if any.
+        host: The machine that worker ran on (where its ``images`` are).
         at: When the record was written (UTC, ISO 8601).
     """
 
@@ -92,6 +94,8 @@ class Record:
     error_type: str | None = None
     error: str | None = None
     line: int | None = None
+    worker: str | None = None
+    host: str | None = None
     at: str = field(factory=_now)
 
     @property
@@ -127,6 +131,8 @@ class Record:
             }
         if self.line is not None:
             data["line"] = self.line
+        if self.worker is not None:
+            data |= {"worker": self.worker, "host": self.host}
         data["at"] = self.at
         return json.dumps(data, ensure_ascii=False)
 

@@ -53,7 +53,32 @@ except ImportError as exc:
     ) from exc
 
 from ._backend import RedisBackend
+from ._enqueue import EnqueueReport, enqueue
 from ._errors import BackendUnavailableError
 from ._fallback import OnUnavailable
+from ._jobrun import LedgerTransport, track_id_for
+from ._ledger import Batch
+from ._process import JobBusyError, add_job, process_job
+from ._results import BatchStatus, ServerStatus, WorkerStatus, results, status
+from ._worker import Worker, WorkerReport
 
-__all__ = ["BackendUnavailableError", "OnUnavailable", "RedisBackend"]
+__all__ = [
+    "add_job",
+    "BackendUnavailableError",
+    "Batch",
+    "BatchStatus",
+    "enqueue",
+    "EnqueueReport",
+    "JobBusyError",
+    "LedgerTransport",
+    "OnUnavailable",
+    "process_job",
+    "RedisBackend",
+    "results",
+    "ServerStatus",
+    "status",
+    "track_id_for",
+    "Worker",
+    "WorkerReport",
+    "WorkerStatus",
+]
