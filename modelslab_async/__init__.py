@@ -42,7 +42,7 @@ from ._models import (
 )
 from ._pool import Routing, ServerPool
 from ._retry import RetryPolicy
-from ._secrets import fingerprint
+from ._secrets import Secret, fingerprint
 from ._server import Server, ServerSnapshot
 from ._transport import AiohttpTransport, RawResponse, Transport
 from ._webhooks import WebhookReceiver
@@ -91,6 +91,7 @@ __all__ = [
     "Routing",
     "SafetyCheckerType",
     "Scheduler",
+    "Secret",
     "Server",
     "ServerBusyError",
     "ServerError",

@@ -16,7 +16,7 @@ from attrs import frozen
 from ._config import Endpoints, Timeouts
 from ._models import ApiResponse
 from ._responses import classify
-from ._secrets import redact_body
+from ._secrets import Scrubber, loggable_body
 from ._server import Route
 from ._transport import Transport
 
@@ -35,6 +35,7 @@ class Wire:
     base_url: str
     endpoints: Endpoints
     timeouts: Timeouts
+    scrub: Scrubber  # removes the pool's keys from whatever text a server sends back
 
     async def call(
         self,
@@ -55,7 +56,7 @@ class Wire:
             {**defaults, **fields, "key": route.key} if defaults else {**fields, "key": route.key}
         )
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("POST %s to %s: %s", path, route.name, redact_body(body))
+            logger.debug("POST %s to %s: %s", path, route.name, loggable_body(body))
         route.in_flight += 1
         try:
             raw = await self.transport.post_json(
@@ -63,4 +64,4 @@ class Wire:
             )
         finally:
             route.in_flight -= 1
-        return classify(raw, server=route.name, phase=phase)
+        return classify(raw, server=route.name, phase=phase, scrub=self.scrub)

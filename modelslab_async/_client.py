@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterab
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 from ._call import Wire
 from ._config import DEFAULT, DEFAULT_BASE_URL, Default, Endpoints, PollPolicy, Timeouts
@@ -25,6 +26,7 @@ from ._models import ImageResult, Img2ImgRequest, JobStatus, SystemDetails
 from ._pool import ServerPool, route_of, scheduler_of
 from ._responses import classify_plain
 from ._retry import RetryPolicy
+from ._secrets import Scrubber
 from ._server import Route, Server
 from ._transport import AiohttpTransport, RawResponse, Transport, connection_limit
 from ._webhooks import CallbackBook, WebhookReceiver, callbacks_of
@@ -93,7 +95,11 @@ class Client:
         self.webhooks = webhooks
         self._callbacks = None if webhooks is None else callbacks_of(webhooks)
         self._wire = Wire(
-            self._transport, base_url.rstrip("/"), endpoints or Endpoints(), self.timeouts
+            self._transport,
+            _checked_base_url(base_url),
+            endpoints or Endpoints(),
+            self.timeouts,
+            Scrubber(server.key.reveal() for server in self.pool.servers),
         )
         self._state = _State.UNOPENED
         self._stack = contextlib.AsyncExitStack()
@@ -259,7 +265,7 @@ class Client:
                 timeout=self.timeouts.fetch_read,
                 server=route.name,
             )
-        return _system_details(route.name, raw)
+        return _system_details(route.name, raw, self._wire.scrub)
 
     async def download(self, url: str) -> RawResponse:
         """GET an output URL (no key is sent); returns the raw answer."""
@@ -371,8 +377,25 @@ def _check_priority(priority: object) -> None:
         raise InvalidRequestError("priority", f"{priority!r} is not an integer", allowed="int")
 
 
-def _system_details(server: str, raw: RawResponse) -> SystemDetails:
-    body = classify_plain(raw, server=server)
+def _checked_base_url(base_url: object) -> str:
+    """The base URL without its trailing slash, if it is an absolute http(s) URL with a host."""
+    allowed = "an absolute http(s) URL with a host, e.g. " + DEFAULT_BASE_URL
+    if not isinstance(base_url, str):
+        raise InvalidRequestError("base_url", "must be a string", allowed=allowed)
+    try:
+        parts = urlsplit(base_url)
+        port = parts.port
+    except ValueError:
+        raise InvalidRequestError("base_url", "is not a valid URL", allowed=allowed) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequestError("base_url", "is not an http(s) URL with a host", allowed=allowed)
+    if port == 0 or parts.username is not None or parts.password is not None:
+        raise InvalidRequestError("base_url", "must not name port 0 or hold credentials")
+    return base_url.rstrip("/")
+
+
+def _system_details(server: str, raw: RawResponse, scrub: Scrubber) -> SystemDetails:
+    body = classify_plain(raw, server=server, scrub=scrub)
     queue = body.get("queue_time")
     models = body.get("model_count")
     return SystemDetails(

@@ -6,6 +6,7 @@ import enum
 import math
 import random
 from typing import Any
+from urllib.parse import quote
 
 from attrs import field, frozen, validators
 
@@ -78,9 +79,12 @@ class Endpoints:
         return cls(img2img="images/img2img", fetch="images/fetch/{request_id}")
 
     def fetch_call(self, request_id: str) -> tuple[str, dict[str, str]]:
-        """Return the fetch path for a job and the body fields besides the key."""
+        """
+        Return the fetch path for a job and the body fields besides the key. An id put into
+        the path is URL-encoded (a server-sent ``../x`` stays one path segment).
+        """
         if "{request_id}" in self.fetch:
-            return self.fetch.format(request_id=request_id), {}
+            return self.fetch.format(request_id=quote(request_id, safe="")), {}
         return self.fetch, {"request_id": request_id}
 
 

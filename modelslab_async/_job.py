@@ -383,13 +383,11 @@ class JobRunner:
                 self._record(route, "fetch", None, answer.status)
             eta = self._final(answer, request_id, route).eta  # raises for a failed job
 
-    @staticmethod
-    def _final(answer: ApiResponse, request_id: str, route: Route) -> ApiResponse:
+    def _final(self, answer: ApiResponse, request_id: str, route: Route) -> ApiResponse:
         """A final answer as is; a failed job as its error (anything else: still running)."""
         if answer.status in ("failed", "error"):
-            raise JobFailedError(
-                answer.message or answer.status, request_id=request_id, server=route.name
-            )
+            message = self._wire.scrub((answer.message or answer.status)[:500])
+            raise JobFailedError(message, request_id=request_id, server=route.name)
         return answer
 
     async def _callback_within(self, timeout: float) -> ApiResponse | None:

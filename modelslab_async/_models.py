@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -110,12 +111,28 @@ def _fail(name: str, message: str, allowed: str | None = None) -> InvalidRequest
     return InvalidRequestError(name, message, allowed=allowed)
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 2
+
+
+def _shown(value: Any) -> str:
+    """A bad value as a message quotes it: cut to a short prefix, whatever its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<an integer of {value.bit_length()} bits>"
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # noqa: BLE001 - a hostile __repr__ must not replace the real error
+        return f"<a {type(value).__name__}>"
+
+
 # --- validators: each raises InvalidRequestError naming the field and what it accepts ---------
 
 
 def _text(_: object, attribute: Any, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise _fail(attribute.name, f"must be a non-empty string, got {value!r}")
+        raise _fail(attribute.name, f"must be a non-empty string, got {_shown(value)}")
 
 
 def _optional_text(_: object, attribute: Any, value: Any) -> None:
@@ -125,7 +142,7 @@ def _optional_text(_: object, attribute: Any, value: Any) -> None:
 
 def _optional_bool(_: object, attribute: Any, value: Any) -> None:
     if value is not None and not isinstance(value, bool):
-        raise _fail(attribute.name, f"must be True, False or None, got {value!r}")
+        raise _fail(attribute.name, f"must be True, False or None, got {_shown(value)}")
 
 
 def _int_range(low: int, high: int, *, multiple_of: int = 1) -> Any:
@@ -136,9 +153,9 @@ def _int_range(low: int, high: int, *, multiple_of: int = 1) -> Any:
             f", multiples of {multiple_of}" if multiple_of > 1 else ""
         )
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(attribute.name, f"must be an integer, got {value!r}", allowed)
+            raise _fail(attribute.name, f"must be an integer, got {_shown(value)}", allowed)
         if not low <= value <= high or value % multiple_of:
-            raise _fail(attribute.name, f"{value} is out of range", allowed)
+            raise _fail(attribute.name, f"{_shown(value)} is out of range", allowed)
 
     return check
 
@@ -149,9 +166,9 @@ def _float_range(low: float, high: float) -> Any:
             return
         allowed = f"numbers from {low:g} to {high:g}"
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _fail(attribute.name, f"must be a number, got {value!r}", allowed)
+            raise _fail(attribute.name, f"must be a number, got {_shown(value)}", allowed)
         if not math.isfinite(value) or not low <= value <= high:
-            raise _fail(attribute.name, f"{value} is out of range", allowed)
+            raise _fail(attribute.name, f"{_shown(value)} is out of range", allowed)
 
     return check
 
@@ -159,7 +176,9 @@ def _float_range(low: float, high: float) -> Any:
 def _one_of(values: tuple[Any, ...]) -> Any:
     def check(_: object, attribute: Any, value: Any) -> None:
         if value is not None and value not in values:
-            raise _fail(attribute.name, f"{value!r} is not allowed", ", ".join(map(str, values)))
+            raise _fail(
+                attribute.name, f"{_shown(value)} is not allowed", ", ".join(map(str, values))
+            )
 
     return check
 
@@ -183,14 +202,14 @@ def _to_safety_checker_type(value: Any) -> Any:
 
 def _optional_url(_: object, attribute: Any, value: Any) -> None:
     if value is not None and not (isinstance(value, str) and _is_http_url(value)):
-        raise _fail(attribute.name, f"must be an http(s) URL, got {value!r}")
+        raise _fail(attribute.name, f"must be an http(s) URL, got {_shown(value)}")
 
 
 def _seed(_: object, attribute: Any, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _fail(attribute.name, f"must be a non-negative integer or None, got {value!r}")
+        raise _fail(attribute.name, f"must be a non-negative integer or None, got {_shown(value)}")
 
 
 def _lora_strength(_: object, attribute: Any, value: Any) -> None:
@@ -200,12 +219,12 @@ def _lora_strength(_: object, attribute: Any, value: Any) -> None:
     for part in parts:
         try:
             number = float(part) if not isinstance(part, bool) else math.nan
-        except ValueError:
+        except (TypeError, ValueError, OverflowError):
             number = math.nan
         if not 0.1 <= number <= 1.0:
             raise _fail(
                 attribute.name,
-                f"{value!r} is not allowed",
+                f"{_shown(value)} is not allowed",
                 "a number from 0.1 to 1, or comma-separated numbers for several LoRAs",
             )
 
@@ -229,8 +248,7 @@ def _check_init_image(_: object, attribute: Any, value: Any) -> None:
         return
     if isinstance(value, bytes) and value:
         return
-    shown = f"{value[:60]!r}" if isinstance(value, str | bytes) else type(value).__name__
-    raise _fail(attribute.name, f"{shown} is not usable", allowed)
+    raise _fail(attribute.name, f"{_shown(value)} is not usable", allowed)
 
 
 def _extra(value: Mapping[str, Any] | None) -> Mapping[str, Any]:

@@ -92,7 +92,7 @@ class ServerPool:
         def route(server: Server, extra: dict[str, str], index: int) -> Route:
             return Route(
                 name=server.name,
-                key=server.key,
+                key=server.key.reveal(),
                 capacity=server.max_concurrency,
                 kind="server",
                 extra_body=extra,
@@ -104,7 +104,7 @@ class ServerPool:
         if self.routing == "first-server":
             balancer = Route(
                 name=f"{first.name} (balancer)",
-                key=first.key,
+                key=first.key.reveal(),
                 capacity=self._limit,
                 kind="balancer",
                 extra_body={"loadbalancer": "yes"} if flag else {},

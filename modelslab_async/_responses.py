@@ -11,7 +11,7 @@ import contextlib
 import email.utils
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from ._converter import parse_response
@@ -26,6 +26,8 @@ from ._errors import (
 )
 from ._models import ApiResponse
 from ._transport import RawResponse
+
+Scrub = Callable[[str], str]
 
 __all__ = ["classify", "classify_plain", "retry_after_seconds"]
 
@@ -85,10 +87,19 @@ def _status_error(raw: RawResponse, message: str, server: str, body_wait: float 
         raise ServerError(message, status_code=status, server=server)
 
 
-def _body_or_raise(raw: RawResponse, server: str) -> dict[str, Any]:
+def _same(text: str) -> str:
+    return text
+
+
+#: Longest server message kept in an error (the rest is cut), and longest job id accepted.
+_MESSAGE_CAP = 500
+_ID_CAP = 128
+
+
+def _body_or_raise(raw: RawResponse, server: str, scrub: Scrub) -> dict[str, Any]:
     body = _decode(raw)
     if not isinstance(body, dict) or not isinstance(body.get("status"), str):
-        snippet = raw.body[:200].decode("utf-8", "replace")
+        snippet = scrub(raw.body[:200].decode("utf-8", "replace"))
         _status_error(raw, f"HTTP {raw.status}: {snippet[:80]!r}", server, None)
         raise ResponseFormatError(
             "the answer is not the API's JSON",
@@ -123,22 +134,36 @@ def _raise_if_error(raw: RawResponse, parsed: ApiResponse, server: str) -> None:
 
 
 def classify(
-    raw: RawResponse, *, server: str, phase: Literal["submit", "fetch", "other"]
+    raw: RawResponse,
+    *,
+    server: str,
+    phase: Literal["submit", "fetch", "other"],
+    scrub: Scrub = _same,
 ) -> ApiResponse:
     """
     Return the parsed answer when it is usable, else raise the matching typed error.
 
     A ``success``, a ``processing`` with an id (or any ``processing`` while fetching) and a
-    ``failed`` come back parsed; the caller decides what a failed job means.
+    ``failed`` come back parsed; the caller decides what a failed job means. The server's
+    message is cut short and ``scrub`` removes any key from it (a gateway may echo the
+    request); an id that is too long or carries a piece of a key is refused.
     """
-    body = _body_or_raise(raw, server)
+    body = _body_or_raise(raw, server, scrub)
     parsed = parse_response(body, status_code=raw.status)
+    if parsed.message is not None:
+        parsed.message = scrub(parsed.message[:_MESSAGE_CAP])
     _raise_if_error(raw, parsed, server)
     if parsed.status not in _KNOWN_STATUSES:
         raise ResponseFormatError(
-            f"unknown status {parsed.status!r}",
+            f"unknown status {scrub(repr(parsed.status)[:40])}",
             status_code=raw.status,
-            snippet=repr(body)[:200],
+            snippet=scrub(repr(body)[:200]),
+            server=server,
+        )
+    if parsed.id is not None and (len(parsed.id) > _ID_CAP or scrub(parsed.id) != parsed.id):
+        raise ResponseFormatError(
+            "the answer's id is unusable (too long, or not the server's)",
+            status_code=raw.status,
             server=server,
         )
     if parsed.status == "processing" and parsed.id is None and phase == "submit":
@@ -146,8 +171,15 @@ def classify(
     return parsed
 
 
-def classify_plain(raw: RawResponse, *, server: str) -> dict[str, Any]:
-    """For endpoints with their own shapes (``system_details``): the body, or the error."""
-    body = _body_or_raise(raw, server)
-    _raise_if_error(raw, parse_response(body, status_code=raw.status), server)
-    return body
+def classify_plain(raw: RawResponse, *, server: str, scrub: Scrub = _same) -> dict[str, Any]:
+    """
+    For endpoints with their own shapes (``system_details``): the body, or the error; every
+    text in it scrubbed of keys.
+    """
+    body = _body_or_raise(raw, server, scrub)
+    parsed = parse_response(body, status_code=raw.status)
+    if parsed.message is not None:
+        parsed.message = scrub(parsed.message[:_MESSAGE_CAP])
+    _raise_if_error(raw, parsed, server)
+    clean = json.loads(scrub(json.dumps(body)))
+    return clean if isinstance(clean, dict) else body

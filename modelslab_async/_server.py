@@ -12,13 +12,17 @@ from attrs import field, frozen, validators
 
 from ._errors import InvalidRequestError
 from ._health import HealthPolicy, RouteHealth
-from ._secrets import fingerprint
+from ._secrets import Secret, fingerprint
 
 __all__ = ["Lease", "Route", "Server", "ServerSnapshot"]
 
 
+def _to_secret(value: Any) -> Any:
+    return Secret(value) if isinstance(value, str) else value
+
+
 def _check_key(_: object, attribute: Any, value: Any) -> None:
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, Secret) or not value.reveal().strip():
         raise InvalidRequestError(attribute.name, "must be a non-empty string")
 
 
@@ -26,16 +30,18 @@ def _check_key(_: object, attribute: Any, value: Any) -> None:
 class Server:
     """
     One enterprise GPU server: its key, a name to refer to it by, and how many jobs it runs
-    at once. The key never appears in a repr; the default name is a fingerprint of it.
+    at once. The key is kept as a :class:`Secret`: it never appears in a repr, in
+    ``attrs.asdict`` or cattrs output, and a ``Server`` cannot be pickled; the default name is
+    a fingerprint of it.
     """
 
-    key: str = field(repr=False, validator=_check_key)
+    key: Secret = field(converter=_to_secret, validator=_check_key)
     name: str = field()
     max_concurrency: int = field(default=2, validator=validators.ge(1))
 
     @name.default
     def _name_from_key(self) -> str:
-        return fingerprint(self.key)
+        return self.key.fingerprint
 
 
 class Route:

@@ -167,7 +167,7 @@ def test_keys_from_the_environment_name_servers_in_order() -> None:
     }
     settings = load_settings(config=None, base_url=None, routing=None, environ=env)
     assert ["server-1", "server-2"] == [s.name for s in settings.servers]
-    assert [SECRET_KEYS[0], SECRET_KEYS[1]] == [s.key for s in settings.servers]
+    assert [SECRET_KEYS[0], SECRET_KEYS[1]] == [s.key.reveal() for s in settings.servers]
     assert ("http://localhost:1/api", "first-server") == (settings.base_url, settings.routing)
     assert SECRET_KEYS[0] not in repr(settings)
 
