@@ -47,6 +47,8 @@ class JobEvent:
         error: ``"ErrorType: message"``, for ``RETRIED`` and ``FAILED``.
         request_id: The job's id on the server, once accepted.
         track_id: The job's ``track_id`` (sent with its submit, echoed by webhooks).
+        possible_duplicate: True once an earlier submit of this job may have reached a server
+            (so a journal can keep the flag even if the process dies later).
         result: The job's result, for ``DONE``: sent the moment the answer arrives, before
             a batch consumer takes the outcome (a journal writes it from here).
     """
@@ -61,6 +63,7 @@ class JobEvent:
     error: str | None = None
     request_id: str | None = None
     track_id: str | None = None
+    possible_duplicate: bool = False
     result: ImageResult | None = None
 
 

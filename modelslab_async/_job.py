@@ -465,6 +465,7 @@ class JobRunner:
                 error=error,
                 request_id=self.request_id,
                 track_id=self.track_id,
+                possible_duplicate=self.possible_duplicate,
                 result=result,
             ),
         )
