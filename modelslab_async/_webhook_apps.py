@@ -30,7 +30,9 @@ class Handler(Protocol):
         """The largest body accepted."""
         ...
 
-    def handle(self, token: str, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes]:
+    async def dispatch(
+        self, token: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, bytes]:
         """Answer one callback."""
         ...
 
@@ -59,7 +61,7 @@ def aiohttp_app(handler: Handler) -> web.Application:
         cap = handler.max_body_bytes
         headers = request.headers
         body = b"" if _too_long(headers, cap) else await _read_stream(request.content, cap + 1)
-        status, answer = handler.handle(request.match_info["token"], headers, body)
+        status, answer = await handler.dispatch(request.match_info["token"], headers, body)
         return web.Response(status=status, body=answer, content_type="application/json")
 
     app = web.Application()
@@ -133,7 +135,7 @@ def asgi_app(handler: Handler) -> ASGIApp:
         body = b"" if _too_long(headers, cap) else await _receive_body(receive, cap + 1)
         if body is None:
             return
-        status, answer = handler.handle(token, headers, body)
+        status, answer = await handler.dispatch(token, headers, body)
         await _respond(send, status, answer)
 
     return app

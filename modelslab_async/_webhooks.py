@@ -35,7 +35,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -45,7 +45,7 @@ from ._errors import InvalidRequestError, ResponseFormatError
 from ._models import ApiResponse
 from ._webhook_apps import ASGIApp, aiohttp_app, asgi_app
 
-__all__ = ["CallbackBook", "WebhookReceiver", "callbacks_of"]
+__all__ = ["CallbackBook", "WebhookReceiver", "WebhookRelay", "callbacks_of"]
 
 logger = logging.getLogger("modelslab_async.webhooks")
 
@@ -53,6 +53,8 @@ _MIN_SECRET_BYTES: Final = 16
 _SHOWN: Final = 40  # characters of a track_id or an id shown in a log line
 _MAX_LATE: Final = 100_000  # forgotten track_ids remembered, at most
 _FINAL: Final = frozenset({"success", "failed", "error"})
+_RELAY: Final = 202  # a good callback for a job another process awaits
+
 _STATS: Final = (
     "received",
     "accepted",
@@ -64,6 +66,7 @@ _STATS: Final = (
     "ignored",
     "invalid",
     "oversize",
+    "relayed",
 )
 
 
@@ -118,6 +121,21 @@ class _Expected:
     def __init__(self, future: asyncio.Future[ApiResponse], request_id: str | None) -> None:
         self.future = future
         self.request_id = request_id
+
+
+class WebhookRelay(Protocol):
+    """
+    Carries a callback from the process that received it to the one that awaits it (several
+    worker processes behind one public URL). ``modelslab_async.redis.RedisWebhookRelay`` is one.
+    """
+
+    async def publish(self, track_id: str, body: bytes) -> None:
+        """Hand a verified callback for ``track_id`` to every process of the app."""
+        ...
+
+    def attach(self, receiver: WebhookReceiver) -> None:
+        """Deliver the callbacks other processes relay to ``receiver`` (``deliver``)."""
+        ...
 
 
 class CallbackBook:
@@ -210,6 +228,10 @@ class WebhookReceiver:
             this many bytes plus one.
         late_after: How long, in seconds, a forgotten job's callbacks are still answered 200
             and ignored ("late") rather than 404.
+        relay: With several worker processes behind one public URL (and one ``secret``): a
+            callback with a good token for a job this process does not await is handed to
+            the relay (answered 202), which brings it to the process that awaits it
+            (``modelslab_async.redis.RedisWebhookRelay``).
 
     Raises:
         InvalidRequestError: ``public_url`` is not https (nor a loopback URL), or the secret
@@ -225,8 +247,12 @@ class WebhookReceiver:
         secret: bytes | str | None = None,
         max_body_bytes: int = 1_048_576,
         late_after: float = 3600.0,
+        relay: WebhookRelay | None = None,
     ) -> None:
         self._public_url = _check_public_url(public_url)
+        self.relay = relay
+        if relay is not None:
+            relay.attach(self)
         if secret is None:
             secret = secrets.token_bytes(32)
         elif isinstance(secret, str):
@@ -317,15 +343,46 @@ class WebhookReceiver:
             stats["forged"] += 1
             logger.info("webhook refused: wrong token for track_id %r", _short(track_id))
             return _answer(404, "not found")
-        return self._settle(track_id, payload)
+        return self._settle(track_id, payload, relayable=self.relay is not None)
 
-    def _settle(self, track_id: str, payload: dict[str, Any]) -> tuple[int, bytes]:
+    async def dispatch(
+        self, token: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, bytes]:
+        """
+        :meth:`handle`, then hand a good callback for another process's job to the relay
+        (the web adapters call this).
+        """
+        status, answer = self.handle(token, headers, body)
+        relay = self.relay
+        if status == _RELAY and relay is not None:
+            payload = json.loads(body)
+            await relay.publish(str(payload["track_id"]), body)
+        return status, answer
+
+    def deliver(self, track_id: str, body: bytes) -> None:
+        """
+        A callback another process received and relayed: settle the job if this process
+        awaits it (the sender checked the token); otherwise nothing.
+        """
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return
+        if isinstance(payload, dict) and track_id in self._book.expected:
+            self._settle(track_id, payload, relayable=False)
+
+    def _settle(
+        self, track_id: str, payload: dict[str, Any], *, relayable: bool
+    ) -> tuple[int, bytes]:
         """A callback whose token matches its ``track_id``: match it with the job."""
         stats = self._stats
         entry = self._book.expected.get(track_id)
         if entry is None or entry.future.cancelled():
             self._book.purge_late()
             if entry is None and track_id not in self._book.late:
+                if relayable:
+                    stats["relayed"] += 1
+                    return _answer(_RELAY, "relayed")
                 stats["unknown"] += 1
                 return _answer(404, "not found")
             stats["late"] += 1

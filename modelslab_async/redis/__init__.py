@@ -59,6 +59,7 @@ from ._fallback import OnUnavailable
 from ._jobrun import LedgerTransport, track_id_for
 from ._ledger import Batch
 from ._process import JobBusyError, add_job, process_job
+from ._relay import RedisWebhookRelay
 from ._results import BatchStatus, ServerStatus, WorkerStatus, results, status
 from ._worker import Worker, WorkerReport
 
@@ -74,6 +75,7 @@ __all__ = [
     "OnUnavailable",
     "process_job",
     "RedisBackend",
+    "RedisWebhookRelay",
     "results",
     "ServerStatus",
     "status",
