@@ -1,5 +1,6 @@
 """
-The ``modelslab-async`` command line: ``batch``, ``img2img``, ``servers`` and ``demo``.
+The ``modelslab-async`` command line: ``batch``, ``img2img``, ``servers`` and ``demo``; and
+``enqueue``, ``worker``, ``results`` and ``status`` for a batch over many machines.
 
 Progress and summaries go to stderr, machine-readable results to stdout. Keys come from
 ``MODELSLAB_API_KEYS`` or ``--config``, never from an argument, and are never printed. Exit
@@ -19,7 +20,7 @@ from .. import InvalidRequestError, ModelsLabError
 from ._args import build_parser
 from ._exit import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from ._inputs import BatchOptions
-from ._settings import Settings, load_settings
+from ._settings import Settings, load_settings, redis_url_of
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -70,8 +71,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                 interactive=_interactive(args.progress),
             )
         )
-    timeout = args.job_timeout if args.command == "batch" else getattr(args, "timeout", None)
+    if args.command in ("enqueue", "results", "status"):
+        return _dispatch_redis(args)
+    timed = args.command in ("batch", "worker")
+    timeout = args.job_timeout if timed else getattr(args, "timeout", None)
     settings = _settings(args, timeout)
+    if args.command == "worker":
+        from ._distributed import execute_worker  # noqa: PLC0415
+
+        return asyncio.run(execute_worker(settings, args, out=sys.stdout, err=sys.stderr))
     if args.command == "batch":
         from ._commands import execute_batch  # noqa: PLC0415 - keeps `--help` fast
 
@@ -118,6 +126,40 @@ def _dispatch(args: argparse.Namespace) -> int:
     )
 
 
+def _dispatch_redis(args: argparse.Namespace) -> int:
+    from . import _distributed  # noqa: PLC0415 - keeps `--help` fast
+
+    url = redis_url_of(config=args.config, redis=args.redis)
+    if args.command == "enqueue":
+        return asyncio.run(
+            _distributed.execute_enqueue(
+                url,
+                args.batch,
+                args.manifest,
+                out=sys.stdout,
+                allow_outside_files=args.allow_outside_files,
+                max_init_image_bytes=args.max_init_image_bytes,
+                ttl=args.ttl,
+            )
+        )
+    if args.command == "results":
+        return asyncio.run(
+            _distributed.execute_results(
+                url, args.batch, args.out, as_finished=args.as_finished, out=sys.stdout
+            )
+        )
+    return asyncio.run(
+        _distributed.execute_status(
+            url,
+            args.batch,
+            watch=args.watch,
+            interval=args.interval,
+            as_json=args.json,
+            out=sys.stdout,
+        )
+    )
+
+
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
     for error in group.exceptions:
         if isinstance(error, BaseExceptionGroup):
@@ -132,6 +174,7 @@ def _settings(args: argparse.Namespace, job_timeout: float | None) -> Settings:
         base_url=args.base_url,
         routing=args.routing,
         job_timeout=job_timeout,
+        redis=args.redis,
     )
 
 

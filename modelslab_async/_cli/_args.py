@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import get_args
 
 from .. import Routing
+from ._args_redis import add_redis_commands, add_redis_option
 from ._inputs import MAX_IMAGE_BYTES
 from ._local import MAX_INIT_IMAGE_BYTES
-from ._settings import BASE_URL_ENV, KEYS_ENV
+from ._settings import BASE_URL_ENV, KEYS_ENV, REDIS_URL_ENV
 
 __all__ = ["build_parser"]
 
@@ -30,6 +31,7 @@ keys:
                          key_env = "GPU_A_KEY"   # or key = "..." (chmod 600)
                          max_concurrency = 4
   {BASE_URL_ENV}   the API base URL, unless --base-url or the config gives one.
+  {REDIS_URL_ENV}  Redis, unless --redis or the config's redis_url gives it.
   Keys are never taken from the command line and never printed.
 
 exit status:
@@ -108,10 +110,36 @@ def _common() -> argparse.ArgumentParser:
         choices=get_args(Routing),
         help="how jobs are spread over the servers (default: config, or first-server)",
     )
+    add_redis_option(group)
     group.add_argument(
         "-v", "--verbose", action="store_true", help="log retries and library details"
     )
     return common
+
+
+def add_worker_options(worker: argparse.ArgumentParser) -> None:
+    """The ``worker`` command's options shared with ``batch``."""
+    worker.add_argument(
+        "--download-concurrency",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="most images downloading at once (default 8)",
+    )
+    worker.add_argument(
+        "--job-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="deadline of each job (default 900)",
+    )
+    worker.add_argument(
+        "--reclaim-after",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="take over the jobs of a worker silent this long, and give its slots back "
+        "(default 30; every worker of a batch should use the same)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     servers.add_argument("--json", action="store_true", help="one JSON object per server")
+
+    add_redis_commands(commands, common, downloads, epilog=_EPILOG, positive=_positive_int)
+    add_worker_options(commands.choices["worker"])
 
     demo = commands.add_parser(
         "demo",

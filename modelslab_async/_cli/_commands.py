@@ -6,7 +6,9 @@ import asyncio
 import json
 from typing import Any, TextIO
 
-from .. import Client, ModelsLabError, SystemDetails
+import attrs
+
+from .. import Client, ModelsLabError, SharedState, SystemDetails
 from ._batch import BatchRun
 from ._exit import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from ._fetch import download_policy
@@ -14,6 +16,7 @@ from ._inputs import BatchOptions, prepare
 from ._interrupt import run_interruptibly
 from ._report import make_reporter
 from ._settings import Settings
+from ._shared import shared_backend
 from ._summary import BatchStats
 from ._table import Table, render_tables
 
@@ -47,7 +50,10 @@ async def execute_batch(
             allow_private=options.allow_private_downloads,
             max_bytes=options.max_image_bytes,
         )
-        async with settings.client() as client:
+        async with (
+            shared_backend(settings.redis_url) as backend,
+            settings.client(backend=backend) as client,
+        ):
             run = BatchRun(client, prepared, stats, reporter, fetch=fetch)
             reporter.start(stats)
             try:
@@ -67,11 +73,15 @@ async def execute_batch(
 
 async def show_servers(settings: Settings, *, out: TextIO, as_json: bool, fancy: bool) -> int:
     """Ask every server for its ``system_details`` and show them with the pool's view of it."""
-    async with settings.client() as client:
+    async with (
+        shared_backend(settings.redis_url) as backend,
+        settings.client(backend=backend) as client,
+    ):
         names = [server.name for server in client.pool.servers]
         answers = await asyncio.gather(*(_details(client, name) for name in names))
         routes = [client.pool.route_name(name) for name in names]
         snapshots = {shot.name: shot for shot in client.pool.snapshot()}
+        shared = await client.pool.shared_states()
     rows: list[dict[str, Any]] = []
     for server, route, answer in zip(client.pool.servers, routes, answers, strict=True):
         shot = snapshots[route]
@@ -96,6 +106,8 @@ async def show_servers(settings: Settings, *, out: TextIO, as_json: bool, fancy:
     if as_json:
         for row in rows:
             out.write(json.dumps(row) + "\n")
+        for state in shared:
+            out.write(json.dumps({"shared": attrs.asdict(state)}) + "\n")
         out.flush()
     else:
         headers = ("server", "key", "capacity", "status", "queue time", "models", "health", "error")
@@ -113,11 +125,30 @@ async def show_servers(settings: Settings, *, out: TextIO, as_json: bool, fancy:
             for row in rows
         ]
         title = f"{len(rows)} servers at {client.base_url} (routing: {client.pool.routing})"
-        render_tables([Table(title=title, headers=headers, rows=cells)], out, fancy=fancy)
+        tables = [Table(title=title, headers=headers, rows=cells)]
+        if shared:
+            tables.append(_shared_table(shared))
+        render_tables(tables, out, fancy=fancy)
     healthy = all(
         row["error"] is None and row["status"].lower() in ("ok", "success") for row in rows
     )
     return EXIT_OK if healthy else EXIT_FAILED
+
+
+def _shared_table(shared: list[SharedState]) -> Table:
+    """What every process sharing the pool sees in Redis: holders, cooldowns, breakers."""
+    rows = [
+        (
+            state.server,
+            str(state.holders),
+            f"{state.cooldown_left:.1f}s" if state.cooldown_left > 0 else "-",
+            state.breaker,
+            str(state.failures),
+        )
+        for state in shared
+    ]
+    headers = ("route", "holders", "cooldown", "breaker", "failures")
+    return Table(title="shared state (Redis, all processes)", headers=headers, rows=rows)
 
 
 async def _details(client: Client, name: str) -> SystemDetails | ModelsLabError:

@@ -20,6 +20,7 @@ from attrs import frozen
 from .. import (
     DEFAULT_BASE_URL,
     Client,
+    CoordinationBackend,
     HealthPolicy,
     InvalidRequestError,
     PollPolicy,
@@ -28,15 +29,25 @@ from .. import (
     Server,
     ServerPool,
     Timeouts,
+    Transport,
 )
 
-__all__ = ["BASE_URL_ENV", "KEYS_ENV", "Settings", "check_base_url", "load_settings"]
+__all__ = [
+    "BASE_URL_ENV",
+    "KEYS_ENV",
+    "REDIS_URL_ENV",
+    "Settings",
+    "check_base_url",
+    "load_settings",
+    "redis_url_of",
+]
 
 KEYS_ENV = "MODELSLAB_API_KEYS"
 BASE_URL_ENV = "MODELSLAB_BASE_URL"
+REDIS_URL_ENV = "MODELSLAB_REDIS_URL"
 
 _SERVER_FIELDS = frozenset({"name", "key", "key_env", "max_concurrency"})
-_TOP_FIELDS = frozenset({"servers", "base_url", "routing"})
+_TOP_FIELDS = frozenset({"servers", "base_url", "routing", "redis_url"})
 _NO_KEYS = (
     f"no API keys: set {KEYS_ENV} (comma-separated, the first server first) "
     "or pass --config FILE with [[servers]] entries (key or key_env)"
@@ -57,16 +68,20 @@ class Settings:
     health: HealthPolicy | None = None
     poll: PollPolicy | None = None
     timeouts: Timeouts | None = None
+    redis_url: str | None = None  #: share the pool's state through this Redis (never shown)
 
-    def client(self) -> Client:
-        """A new, unopened client for these settings."""
-        pool = ServerPool(self.servers, routing=self.routing, health=self.health)
+    def client(
+        self, *, backend: CoordinationBackend | None = None, transport: Transport | None = None
+    ) -> Client:
+        """A new, unopened client for these settings (its pool on ``backend`` if given)."""
+        pool = ServerPool(self.servers, routing=self.routing, health=self.health, backend=backend)
         return Client(
             pool,
             base_url=self.base_url,
             retry=self.retry,
             poll=self.poll,
             timeouts=self.timeouts,
+            transport=transport,
         )
 
 
@@ -77,6 +92,7 @@ def load_settings(
     routing: str | None,
     environ: Mapping[str, str] | None = None,
     job_timeout: float | None = None,
+    redis: str | None = None,
 ) -> Settings:
     """
     Resolve the settings: ``--config`` if given, else ``MODELSLAB_API_KEYS``; command-line
@@ -112,7 +128,34 @@ def load_settings(
         base_url=url,
         routing=cast(Routing, chosen_routing),
         timeouts=None if job_timeout is None else Timeouts(job=job_timeout),
+        redis_url=_redis_url(redis, table, env),
     )
+
+
+def redis_url_of(
+    *, config: Path | None, redis: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """
+    The Redis URL: ``--redis``, else ``MODELSLAB_REDIS_URL``, else the config's ``redis_url``
+    (the config is read for it alone: no keys are needed).
+
+    Raises:
+        InvalidRequestError: The config cannot be read, or the URL is not a Redis URL.
+    """
+    env = os.environ if environ is None else environ
+    table = _read_config(config) if config is not None and redis is None else {}
+    return _redis_url(redis, table, env)
+
+
+def _redis_url(redis: str | None, table: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    url = redis or env.get(REDIS_URL_ENV) or table.get("redis_url")
+    if url is None:
+        return None
+    allowed = "redis://host:port/db, rediss://... or unix:///path"
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        # Never the URL itself in the message: it may hold a password.
+        raise InvalidRequestError("redis", "not a Redis URL", allowed=allowed)
+    return url
 
 
 def check_base_url(url: Any) -> str:

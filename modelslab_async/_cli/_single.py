@@ -14,6 +14,7 @@ from ._exit import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from ._fetch import SafeFetcher, download_policy
 from ._interrupt import run_interruptibly
 from ._settings import Settings
+from ._shared import shared_backend
 from ._text import short
 
 __all__ = ["REQUEST_OPTIONS", "request_from_args", "run_img2img"]
@@ -82,7 +83,10 @@ async def run_img2img(
         err.write(" ".join(parts) + "\n")
         err.flush()
 
-    async with settings.client() as client:
+    async with (
+        shared_backend(settings.redis_url) as backend,
+        settings.client(backend=backend) as client,
+    ):
 
         async def work() -> tuple[ImageResult, DownloadResult | None]:
             result = await client.img2img(request, on_event=on_event)
