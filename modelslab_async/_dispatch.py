@@ -373,6 +373,7 @@ class Dispatcher:
                 track_id=result.track_id,
             )
         finally:
+            watch.settle()
             if windows.running is not None:
                 windows.running.release()
         finished.put_nowait(outcome)
@@ -392,8 +393,8 @@ class _Watch:
         self.index = index
         self._queued = False
         self._ended = False
-        # Without a user's handler, "submitted" events count for nothing: the runner need not
-        # build them (it reads this attribute of a handler, when there is one).
+        # Without a user's handler only three kinds count (the end of a job is settled by
+        # _run_one): the runner builds no other event (it reads this attribute of a handler).
         self.event_kinds = _ALL_KINDS if handler is not None else _COUNTED_KINDS
 
     def __call__(self, event: JobEvent) -> None:
@@ -408,11 +409,15 @@ class _Watch:
             progress.reroutes += 1
         elif kind is EventKind.DONE or kind is EventKind.FAILED:
             self._ended = True
-            if self._queued:
-                self._queued = False
-                progress.queued -= 1
+            self.settle()
         if self._handler is not None:
             deliver(self._handler, evolve(event, job_id=self.job_id, index=self.index))
+
+    def settle(self) -> None:
+        """The job ended: it no longer counts as queued (called again, nothing happens)."""
+        if self._queued:
+            self._queued = False
+            self._progress.queued -= 1
 
     def failed_early(self, error: Exception) -> None:
         """Say FAILED for a job that failed before its runner could (bad item, unreadable file)."""
@@ -421,7 +426,7 @@ class _Watch:
 
 
 _ALL_KINDS = frozenset(EventKind)
-_COUNTED_KINDS = _ALL_KINDS - {EventKind.SUBMITTED}
+_COUNTED_KINDS = frozenset({EventKind.QUEUED, EventKind.RETRIED, EventKind.REROUTED})
 
 
 @define
