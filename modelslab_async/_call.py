@@ -14,7 +14,7 @@ from typing import Any, Literal
 from attrs import frozen
 
 from ._config import Endpoints, Timeouts
-from ._models import ApiResponse
+from ._converter import ApiResponse
 from ._responses import classify
 from ._secrets import Scrubber, loggable_body
 from ._server import Route

@@ -25,10 +25,11 @@ from typing import Any
 
 import attrs
 import cattrs
+from attrs import define, field
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from ._errors import InvalidRequestError, ResponseFormatError
-from ._models import ApiResponse, Img2ImgRequest, SafetyCheckerType, Scheduler
+from ._models import Img2ImgRequest, SafetyCheckerType, Scheduler
 
 __all__ = [
     "converter",
@@ -297,6 +298,27 @@ def _nsfw(value: Any) -> bool | None:
     if isinstance(value, list) and value:
         return any(item is True for item in value)
     return None
+
+
+@define(kw_only=True)
+class ApiResponse:
+    """
+    An answer of the API, parsed tolerantly; internal (the client turns it into results).
+    Not frozen: one is built for every call, and a frozen class costs twice as much to build.
+    """
+
+    status: str
+    message: str | None = None
+    id: str | None = None
+    output: tuple[str, ...] = ()
+    proxy_links: tuple[str, ...] = ()
+    future_links: tuple[str, ...] = ()
+    eta: float | None = None
+    generation_time: float | None = None
+    meta: Mapping[str, Any] = field(factory=dict)  # a fresh dict parsed from JSON, ours alone
+    nsfw_content_detected: bool | None = None
+    retry_after: float | None = None
+    fetch_result: str | None = None
 
 
 _LOWER_STATUSES = frozenset({"success", "processing", "error", "failed"})

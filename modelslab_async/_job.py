@@ -20,6 +20,7 @@ from attrs import evolve
 
 from ._call import Wire
 from ._config import PollPolicy
+from ._converter import ApiResponse
 from ._decisions import Elsewhere, Health, Verdict, judge
 from ._errors import (
     Attempt,
@@ -30,7 +31,7 @@ from ._errors import (
     ResponseFormatError,
 )
 from ._events import EventKind, JobEvent, JobEventHandler, deliver
-from ._models import ApiResponse, ImageResult
+from ._models import ImageResult
 from ._retry import RetryPolicy
 from ._retrying import RetryCallState, retry_after_failure
 from ._scheduler import Scheduler

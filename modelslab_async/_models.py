@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from attrs import define, field, frozen
+from attrs import field, frozen
 
 from ._errors import InvalidRequestError
 
@@ -390,24 +390,3 @@ class SystemDetails:
     queue_time: float | None = None
     model_count: int | None = None
     raw: Mapping[str, Any] = field(factory=dict, converter=_extra)
-
-
-@define(kw_only=True)
-class ApiResponse:
-    """
-    An answer of the API, parsed tolerantly; internal (the client turns it into results).
-    Not frozen: one is built for every call, and a frozen class costs twice as much to build.
-    """
-
-    status: str
-    message: str | None = None
-    id: str | None = None
-    output: tuple[str, ...] = ()
-    proxy_links: tuple[str, ...] = ()
-    future_links: tuple[str, ...] = ()
-    eta: float | None = None
-    generation_time: float | None = None
-    meta: Mapping[str, Any] = field(factory=dict)  # a fresh dict parsed from JSON, ours alone
-    nsfw_content_detected: bool | None = None
-    retry_after: float | None = None
-    fetch_result: str | None = None

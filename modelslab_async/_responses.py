@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from ._converter import parse_response
+from ._converter import ApiResponse, parse_response
 from ._decisions import finite_wait
 from ._errors import (
     APIError,
@@ -24,7 +24,6 @@ from ._errors import (
     ServerBusyError,
     ServerError,
 )
-from ._models import ApiResponse
 from ._transport import RawResponse
 
 Scrub = Callable[[str], str]

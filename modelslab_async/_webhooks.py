@@ -40,9 +40,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ._converter import parse_response
+from ._converter import ApiResponse, parse_response
 from ._errors import InvalidRequestError, ResponseFormatError
-from ._models import ApiResponse
 from ._webhook_apps import ASGIApp, aiohttp_app, asgi_app
 
 __all__ = ["CallbackBook", "WebhookReceiver", "WebhookRelay", "callbacks_of"]

@@ -14,8 +14,7 @@ from modelslab_async import (
     request_from_wire,
     request_to_wire,
 )
-from modelslab_async._converter import converter, parse_response
-from modelslab_async._models import ApiResponse
+from modelslab_async._converter import ApiResponse, converter, parse_response
 
 from ._helpers import IMAGE_URL, make_request
 

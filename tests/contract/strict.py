@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelslab_async._converter import parse_response
-from modelslab_async._models import ApiResponse
+from modelslab_async._converter import ApiResponse, parse_response
 
 # Every top-level key a documented img2img / fetch / error answer carries (spec section 2).
 ANSWER_KEYS = frozenset(
