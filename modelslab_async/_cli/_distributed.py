@@ -84,7 +84,8 @@ async def execute_worker(settings: Settings, args: Any, *, out: TextIO, err: Tex
     _note(
         err,
         f"worker {report.name}: {report.succeeded} succeeded, {report.failed} failed, "
-        f"{report.handed_back} handed back"
+        f"{report.handed_back} handed back; took over {report.taken_over} "
+        f"({report.collected} collected, {report.resubmitted} submitted again)"
         + ("" if interrupted else "; every job of the batch is final"),
     )
     line = {
@@ -93,6 +94,9 @@ async def execute_worker(settings: Settings, args: Any, *, out: TextIO, err: Tex
         "succeeded": report.succeeded,
         "failed": report.failed,
         "handed_back": report.handed_back,
+        "taken_over": report.taken_over,
+        "collected": report.collected,
+        "resubmitted": report.resubmitted,
         "exit_code": code,
     }
     _emit(out, line)

@@ -60,6 +60,9 @@ class WorkerReport:
     succeeded: int = 0
     failed: int = 0
     handed_back: int = 0
+    taken_over: int = 0  #: jobs reclaimed from silent workers
+    collected: int = 0  #: jobs found accepted (or generated): collected, not submitted
+    resubmitted: int = 0  #: jobs found mid-submit: submitted again, possible duplicates
     complete: bool = False  #: every job of the batch was final when it stopped
     started: float = field(factory=time.monotonic)
 
@@ -185,6 +188,7 @@ class Worker:
             found = [(entry, fields.get("j")) for entry, fields in claimed if fields]
             if found:
                 logger.info("%s: took over %d jobs of silent workers", self.name, len(found))
+                self.report.taken_over += len(found)
                 return found
         block = _BLOCK_MS if not self._tasks else 50
         answer = await client.xreadgroup(GROUP, self.name, {stream: ">"}, count=count, block=block)
@@ -200,6 +204,10 @@ class Worker:
                 return  # busy: its owner is alive; the entry is reclaimed again later
             claim = found
             self._held[entry] = claim
+            if claim.state in ("accepted", "generated"):
+                self.report.collected += 1
+            elif claim.state == "submitting":
+                self.report.resubmitted += 1
             record = await run_claim(setup, claim, entry)
             self._count(record)
         except asyncio.CancelledError:
