@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _fakeproc import REQUEST_FIELDS, median, table, write_result
+from _fakeproc import REQUEST_FIELDS, table, write_result
 
 from modelslab_async import Client, Img2ImgRequest, RawResponse, Server, ServerPool
 
