@@ -196,16 +196,22 @@ class Scheduler:
             NoServerAvailableError(self._why_unavailable(now), waited=now - started)
         )
 
-    def _forget(self, waiter: Waiter) -> None:
+    def _forget(self, waiter: Waiter, *, served: bool = False) -> None:
+        """Take a waiter out of its line (``served``: it got its slot, for the guard)."""
         if waiter.pinned is not None:
             queue = self._pinned.get(waiter.pinned)
             if queue is not None:
-                queue.remove(waiter)
+                if served:
+                    queue.served(waiter)
+                else:
+                    queue.remove(waiter)
                 if not queue:
                     del self._pinned[waiter.pinned]
         elif waiter.exclude:
             waiter.gone = True
             self._excluded = [w for w in self._excluded if not w.gone]
+        elif served:
+            self._queue.served(waiter)
         else:
             self._queue.remove(waiter)
 
@@ -263,16 +269,7 @@ class Scheduler:
             self._arm(self._resting[0][0], now)
 
     def _grant(self, waiter: Waiter, route: Route, now: float) -> None:
-        if waiter.pinned is not None:
-            queue = self._pinned[waiter.pinned]
-            queue.served(waiter)
-            if not queue:
-                del self._pinned[waiter.pinned]
-        elif waiter.exclude:
-            waiter.gone = True
-            self._excluded = [w for w in self._excluded if not w.gone]
-        else:
-            self._queue.served(waiter)
+        self._forget(waiter, served=True)
         if waiter.future.done():  # cancelled while queued: serve the next one instead
             return
         waiter.future.set_result(self._take(route, now, pinned=waiter.pinned is not None))
