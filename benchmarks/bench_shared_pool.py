@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from _fakeproc import REQUEST_FIELDS, FakeProcess, ServerSpec, median, table, write_result
+from bench_admission import _Constant as Constant
 from bench_redis import start_redis
 from redis.asyncio import Redis
 
@@ -63,7 +64,6 @@ from modelslab_async import (
     Client,
     Img2ImgRequest,
     MemoryBackend,
-    RawResponse,
     Server,
     ServerPool,
 )
@@ -89,35 +89,6 @@ START_DELAY = 2.5  # seconds for worker processes to import, connect and warm up
 MAX_SAMPLES = 20_000  # latency samples a worker sends back (evenly spaced in sorted order)
 TARGET = 1.10
 MEMORY = "memory"
-
-ANSWER = RawResponse(
-    200,
-    {},
-    json.dumps(
-        {
-            "status": "success",
-            "generationTime": 1.2,
-            "id": 1,
-            "output": ["https://cdn.example/1.png"],
-            "proxy_links": ["https://cdn.example/1.png"],
-            "meta": {"prompt": "a watercolor fox", "seed": 4, "W": 512, "H": 512},
-        }
-    ).encode(),
-)
-
-
-class Constant:
-    """Answers every POST with the same bytes after one trip through the event loop."""
-
-    async def post_json(self, url: str, body: Any, *, timeout: float, server: str) -> RawResponse:
-        await asyncio.sleep(0)
-        return ANSWER
-
-    async def get(self, url: str, *, timeout: float) -> RawResponse:
-        return ANSWER
-
-    async def aclose(self) -> None:
-        return None
 
 
 def pool_rate(servers: Sequence[ServerSpec]) -> float:
