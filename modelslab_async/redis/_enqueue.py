@@ -92,14 +92,15 @@ async def enqueue(
     await batch.ensure_group()
     meta = batch.key("meta")
     existing = int(await batch.db.hget(meta, "total") or 0)
-    await batch.db.hset(meta, "sealed", 0)
-    await batch.db.hsetnx(meta, "created", time.time())
-    if ttl is not None:
-        await batch.db.hset(meta, "ttl", max(1, int(ttl * 1000)))
     if existing:  # first check every line against the ledger: a change adds nothing
         await _check(batch, first, lines, max_init_image_bytes)
         lines = read_manifest(manifest, allow_outside_files=allow_outside_files)
         first = await asyncio.to_thread(_chunk, lines, max_init_image_bytes)
+    # Not sealed while adding: workers do not stop before the whole manifest is in.
+    await batch.db.hset(meta, "sealed", 0)
+    await batch.db.hsetnx(meta, "created", time.time())
+    if ttl is not None:
+        await batch.db.hset(meta, "ttl", max(1, int(ttl * 1000)))
     added = present = bad = 0
     chunk = first
     while chunk:
