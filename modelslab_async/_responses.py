@@ -149,8 +149,8 @@ def classify(
     """
     body = _body_or_raise(raw, server, scrub)
     parsed = parse_response(body, status_code=raw.status)
-    if parsed.message is not None:
-        parsed.message = scrub(parsed.message[:_MESSAGE_CAP])
+    if parsed.message is not None and (parsed.status != "success" or raw.status >= 400):
+        parsed.message = scrub(parsed.message[:_MESSAGE_CAP])  # it may reach an error
     _raise_if_error(raw, parsed, server)
     if parsed.status not in _KNOWN_STATUSES:
         raise ResponseFormatError(

@@ -106,7 +106,7 @@ class Scrubber:
     a text a server sent. Used where server text meets an error, a log line or a file.
     """
 
-    __slots__ = ("_pieces",)
+    __slots__ = ("_pieces", "_shortest")
 
     def __init__(self, keys: Iterable[str]) -> None:
         pieces: dict[int, set[str]] = {}
@@ -116,9 +116,12 @@ class Scrubber:
                 found = pieces.setdefault(width, set())
                 found.update(key[i : i + width] for i in range(len(key) - width + 1))
         self._pieces = {width: frozenset(found) for width, found in pieces.items()}
+        self._shortest = min(pieces, default=0)
 
     def __call__(self, text: str) -> str:
         """``text`` with every piece of a key replaced by ``<redacted>``."""
+        if len(text) < self._shortest or not self._pieces:
+            return text  # too short to hold a piece of any key (most job ids)
         spans = [
             (i, i + width)
             for width, pieces in self._pieces.items()

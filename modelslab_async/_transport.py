@@ -140,12 +140,14 @@ def _refuse_redirect(response: aiohttp.ClientResponse, server: str | None) -> No
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int, server: str | None) -> bytes:
     declared = response.content_length
-    if declared is not None and declared > cap:
-        raise ResponseFormatError(
-            f"answer of {declared} bytes refused (the limit is {cap})",
-            status_code=response.status,
-            server=server,
-        )
+    if declared is not None:
+        if declared > cap:
+            raise ResponseFormatError(
+                f"answer of {declared} bytes refused (the limit is {cap})",
+                status_code=response.status,
+                server=server,
+            )
+        return await response.read()  # aiohttp reads no more than the declared length
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(256 * 1024):
