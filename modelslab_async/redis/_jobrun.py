@@ -29,7 +29,7 @@ from .. import (
     request_from_wire,
 )
 from .._cli._batch import _final
-from .._cli._download import Downloader, DownloadResult, ImageWriteError
+from .._cli._download import Downloader, DownloadError, DownloadResult, ImageWriteError
 from .._cli._journal import FAILED, GENERATED, Record
 from .._cli._text import short
 from .._responses import classify
@@ -57,10 +57,10 @@ def track_id_for(batch: str, job_id: str) -> str:
 class _Submitting:
     """The ledger side of one job's submits, reached by the transport."""
 
-    def __init__(self, batch: Batch, claim: Claim) -> None:
+    def __init__(self, batch: Batch, claim: Claim, *, outputs: bool) -> None:
         self.batch = batch
         self.claim = claim
-        self.began = False
+        self.outputs = outputs  # record an answer's outputs at once (downloads follow)
 
     async def before(self, server: str) -> None:
         answer = await self.batch.begin_submit(self.claim, server)
@@ -70,7 +70,6 @@ class _Submitting:
                 + ("another worker owns it" if answer == 0 else "accepted already")
                 + ")"
             )
-        self.began = True
 
     async def after(self, raw: RawResponse, server: str) -> None:
         try:
@@ -79,9 +78,12 @@ class _Submitting:
             return  # the client judges it; nothing was accepted
         if answer.status == "processing" and answer.id is not None:
             done = await self.batch.accept(self.claim, answer.id, server)
-        elif answer.status == "success" and (answer.output or answer.proxy_links):
+        elif self.outputs and answer.status == "success" and (answer.output or answer.proxy_links):
             outputs = answer.output or answer.proxy_links
-            done, *_ = await self.batch.generate(self.claim, answer.id, server, outputs, False)
+            self.generated = await self.batch.generate(
+                self.claim, answer.id, server, outputs, False
+            )
+            done = self.generated[0]
         else:
             return
         if done == 0:
@@ -162,17 +164,18 @@ async def run_claim(setup: JobSetup, claim: Claim, entry: str = "") -> Record:
     except ModelsLabError as error:
         return await _end(setup, claim, entry, _failed(setup, claim, error))
     if result is None:
-        outputs, attempts, elapsed, dup = claim.outputs, claim.attempts, claim.elapsed, False
-        request_id, server = claim.request_id, claim.server or ""
-        dup = claim.possible_duplicate
+        outputs, attempts, elapsed = claim.outputs, claim.attempts, claim.elapsed
+        request_id, server, dup = claim.request_id, claim.server or "", claim.possible_duplicate
     else:
         request_id, server, outputs = result.id, result.server, result.output
         dup = result.possible_duplicate or claim.possible_duplicate
-        status, attempts, elapsed, dup = await batch.generate(
-            claim, request_id, server, outputs, dup
-        )
-        if status != 1:
-            raise LedgerFencedError(f"job {claim.job_id}: another worker owns it")
+        attempts, elapsed = claim.attempts + result.attempts, result.elapsed
+        if setup.downloader is not None:  # the answer is recorded before the downloads
+            status, attempts, elapsed, dup = await batch.generate(
+                claim, request_id, server, outputs, dup
+            )
+            if status != 1:
+                raise LedgerFencedError(f"job {claim.job_id}: another worker owns it")
     generated = Record(
         id=_record_id(claim.job_id),
         status=GENERATED,
@@ -206,7 +209,8 @@ async def _result(setup: JobSetup, claim: Claim) -> ImageResult | None:
     request = request_from_wire(dict(claim.body))
     if request.track_id is None:
         request = attrs.evolve(request, track_id=track_id_for(setup.batch.name, claim.job_id))
-    token = _CURRENT.set(_Submitting(setup.batch, claim))
+    submitting = _Submitting(setup.batch, claim, outputs=setup.downloader is not None)
+    token = _CURRENT.set(submitting)
     try:
         return await client.img2img(request, timeout=setup.job_timeout)
     finally:
@@ -254,9 +258,7 @@ def _dead(setup: JobSetup, claim: Claim) -> Record:
     )
 
 
-def _download_error(error: Exception) -> Any:
-    from .._cli._download import DownloadError  # noqa: PLC0415
-
+def _download_error(error: Exception) -> DownloadError:
     return DownloadError(f"{type(error).__name__}: {error}")
 
 
