@@ -190,7 +190,7 @@ async def test_no_api_key_reaches_redis(
     await backend.acquire(specs[1:], holder=holder())  # the probe key
     await backend.record_failure(specs[0].server, threshold=5, open_for=1)
     stored: list[bytes] = []
-    async for key in raw_redis.scan_iter():
+    async for key in raw_redis.scan_iter(match=f"{{{backend.namespace}}}*"):  # this test's keys
         stored.append(key)
         kind = (await raw_redis.type(key)).decode()
         if kind == "string":
