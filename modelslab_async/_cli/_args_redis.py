@@ -98,7 +98,8 @@ def add_redis_commands(
         "--concurrency",
         type=positive,
         metavar="N",
-        help="most jobs at once in this worker (default: the pool's capacity)",
+        help="most jobs taken at once by this worker, waiting for a slot included "
+        "(default: twice the pool's capacity)",
     )
 
     results = commands.add_parser(

@@ -76,7 +76,8 @@ class Worker:
         client: A client built with ``transport=LedgerTransport()``; its pool should share
             the servers through a ``RedisBackend`` when several workers run.
         images: Where to download the output images (this worker's own folder).
-        concurrency: Most jobs at once (default: the pool's capacity).
+        concurrency: Most jobs at once, waiting for a slot included (default: twice the
+            pool's capacity).
         name: The worker's id in the group (default: ``host-pid-random``).
         fetch: What image downloads may fetch (default: public addresses only, unless the
             API itself is on a private one, as for ``batch``).
@@ -101,7 +102,8 @@ class Worker:
         self.batch = batch
         self.client = client
         self.images = None if images is None else images.absolute()
-        self.concurrency = concurrency or client.pool.capacity
+        # Twice the capacity: a slot freed anywhere finds a job here already taken and waiting.
+        self.concurrency = concurrency or 2 * client.pool.capacity
         self.host = socket.gethostname()
         self.name = name or f"{self.host}-{os.getpid()}-{token_hex(2)}"
         self._fetch = fetch
