@@ -1,15 +1,16 @@
 """
 A batch over many worker processes (``modelslab-async worker``), through one Redis.
 
-1. **Makespan vs ideal** with 1, 2 and 4 worker processes on the heterogeneous pool of
-   ``bench_makespan.py`` (the fake in its own process). The workers start idle, then the
-   manifest is enqueued; the makespan runs from the enqueue until every job is final (polled
-   in Redis). Ideal = jobs / sum(slots / service time). Target: <= 1.10x.
+1. **Makespan vs ideal** with 1, 2 and 4 worker processes on two heterogeneous pools, those
+   of ``bench_makespan.py`` and ``bench_shared_pool.py`` (the fake in its own process). The
+   workers start idle, then the manifest is enqueued; the makespan runs from the enqueue
+   until every job is final (polled in Redis). Ideal = jobs / sum(slots / service time).
+   Target: <= 1.10x.
 2. **Redis memory per finished job**: ``MEMORY USAGE`` of finished jobs' hashes, and
    ``INFO memory`` before the enqueue and after the batch (hashes, id lists, stream, stats).
 3. **Worker RSS while streaming N queued jobs** through a cheap in-process transport (every
    submit answered ``success`` at once, no downloads): one worker process, its RSS sampled
-   as it goes. 1,000,000 jobs by default (``--quick``: 20,000).
+   as it goes. 1,000,000 jobs by default (``--quick``: 20,000; ``--stream N``).
 
 Run: ``python benchmarks/bench_workers.py`` (``--quick``: fewer jobs; ``--stream N``).
 """
@@ -34,11 +35,18 @@ from bench_redis import start_redis
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SERVERS = (
-    ServerSpec("server-1", 4, 0.2),
-    ServerSpec("server-2", 2, 0.1),
-    ServerSpec("server-3", 1, 0.6),  # slower than the threshold: answered "processing"
-)
+POOLS = {  # two heterogeneous pools: bench_makespan.py's and bench_shared_pool.py's
+    "short jobs (0.1-0.6 s)": (
+        ServerSpec("server-1", 4, 0.2),
+        ServerSpec("server-2", 2, 0.1),
+        ServerSpec("server-3", 1, 0.6),  # slower than the threshold: answered "processing"
+    ),
+    "longer jobs (0.2-0.8 s)": (
+        ServerSpec("fast", 2, 0.2),
+        ServerSpec("mid", 2, 0.4),
+        ServerSpec("slow", 2, 0.8),
+    ),
+}
 PROCESSING_THRESHOLD = 0.5
 TARGET = 1.10
 
@@ -87,8 +95,8 @@ asyncio.run(main())
 """
 
 
-def pool_rate() -> float:
-    return sum(s.slots / s.service_time for s in SERVERS)
+def pool_rate(servers: tuple[ServerSpec, ...]) -> float:
+    return sum(s.slots / s.service_time for s in servers)
 
 
 def manifest(path: Path, jobs: int) -> Path:
@@ -105,6 +113,7 @@ def cli(*args: str, env: dict[str, str], **popen: Any) -> subprocess.Popen[bytes
 
 
 def makespan(url: str, fake: FakeProcess, workers: int, jobs: int, work: Path) -> dict[str, Any]:
+    servers = tuple(fake.servers)
     """Start ``workers`` idle workers, enqueue, wait until every job is final."""
     name = f"bench-{uuid4().hex[:8]}"
     config = work / "servers.toml"
@@ -112,7 +121,7 @@ def makespan(url: str, fake: FakeProcess, workers: int, jobs: int, work: Path) -
         'routing = "least-busy"\n'
         + "".join(
             f'[[servers]]\nname = "{s.name}"\nkey_env = "KEY_{n}"\nmax_concurrency = {s.slots}\n'
-            for n, s in enumerate(SERVERS)
+            for n, s in enumerate(servers)
         )
     )
     env = {**os.environ, "MODELSLAB_BASE_URL": fake.base_url, "MODELSLAB_REDIS_URL": url}
@@ -143,7 +152,7 @@ def makespan(url: str, fake: FakeProcess, workers: int, jobs: int, work: Path) -
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    ideal = jobs / pool_rate()
+    ideal = jobs / pool_rate(servers)
     return {
         "workers": workers,
         "jobs": jobs,
@@ -228,20 +237,24 @@ def main() -> None:
         server, url = start_redis(work)
         try:
             rows, runs = [], []
-            with FakeProcess(SERVERS, processing_threshold=PROCESSING_THRESHOLD) as fake:
-                for count in (1, 2, 4):
-                    before = int(redis.Redis.from_url(url).info("memory")["used_memory"])
-                    run = makespan(url, fake, count, jobs, work)
-                    run["memory"] = redis_memory(url, run["batch"], jobs, before)
-                    runs.append(run)
-                    rows.append((count, jobs, run["makespan"], run["ideal"], run["ratio"]))
-                    print(json.dumps(run), flush=True)
+            for pool, servers in POOLS.items():
+                with FakeProcess(servers, processing_threshold=PROCESSING_THRESHOLD) as fake:
+                    for count in (1, 2, 4):
+                        before = int(redis.Redis.from_url(url).info("memory")["used_memory"])
+                        run = makespan(url, fake, count, jobs, work)
+                        run["memory"] = redis_memory(url, run["batch"], jobs, before)
+                        run["pool"] = pool
+                        runs.append(run)
+                        rows.append(
+                            (pool, count, jobs, run["makespan"], run["ideal"], run["ratio"])
+                        )
+                        print(json.dumps(run), flush=True)
             streaming = stream_rss(url, streamed, work)
             print(json.dumps({k: v for k, v in streaming.items() if k != "samples"}))
         finally:
             server.terminate()
             server.wait()
-    print(table(("workers", "jobs", "makespan s", "ideal s", "ratio"), rows))
+    print(table(("pool", "workers", "jobs", "makespan s", "ideal s", "ratio"), rows))
     memory = runs[-1]["memory"]
     print(table(("per finished job", "bytes"), [(k, v) for k, v in memory.items()]))
     write_result(

@@ -119,7 +119,9 @@ async def test_workers_share_a_batch_and_cancel_hands_jobs_back(
     specs.append(FakeServerSpec("gpu-1", KEYS[1], slots=2, service_time=0.3))
     async with FakeModelsLab(specs, processing_threshold=0.1) as fake:
         async with ledger_client(redis_api, base_url=fake.base_url) as client:
-            first = redis_api.Worker(batch, client, images=tmp_path / "one", name="one")
+            first = redis_api.Worker(
+                batch, client, images=tmp_path / "one", name="one", concurrency=4
+            )
             running = asyncio.create_task(first.run())
             await asyncio.sleep(0.2)  # four jobs accepted or mid-submit
             running.cancel()
