@@ -218,3 +218,21 @@ async def test_unhealthy_routes_are_not_chosen_and_health_is_not_scanned_per_job
     picks = {(await scheduler.acquire()).route.name for _ in range(4)}
     assert "server-1" not in picks
     assert "resting" == scheduler.routes[0].place
+
+
+async def test_a_newcomer_never_takes_the_slot_handed_to_an_earlier_waiter() -> None:
+    """Released while a caller waits, the slot is that caller's: a job arriving in the same
+    moment waits its turn (with wake-all, the newcomer took it first)."""
+    _, scheduler = one_slot()
+    held = await scheduler.acquire()
+    waiting = asyncio.create_task(scheduler.acquire())
+    await settle()
+    scheduler.release(held)
+    newcomer = asyncio.create_task(scheduler.acquire())
+    await settle()
+    assert waiting.done()
+    assert not newcomer.done()
+    scheduler.release(waiting.result())
+    await settle()
+    scheduler.release(newcomer.result())
+    assert 0 == scheduler.active
