@@ -71,6 +71,7 @@ async def test_a_job_goes_through_every_state_once(
     record = Record(id="j0", status="succeeded", request_id="r-1", server="gpu-a", worker="w1")
     assert 1 == await batch.finish("j0", record, claim=claim)
     assert 0 == await batch.finish("j0", record, claim=claim)  # one outcome only
+    assert [] == await batch.heartbeat("w1", [(claim, "")], 0)  # finished, not lost
     left = await batch.db.hgetall(batch.job_key("j0"))
     assert {"s", "h", "n", "r"} == set(left)
     assert "final" == await batch.take("j0", "w2")

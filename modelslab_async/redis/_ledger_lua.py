@@ -209,7 +209,8 @@ return 1
 # KEYS: stream, beats, wstats, job 1..n. ARGV: owner, group, lease ms, in flight,
 # entry 1..n ('' for none), epoch 1..n. Renews the owner's leases and resets the idle time of
 # its stream entries (XCLAIM JUSTID: no delivery counted), only where it still owns both.
-# Returns the positions (from 1) of the jobs it lost.
+# A job found final was just finished (FINISH raced the beat): not lost. Returns the positions
+# (from 1) of the jobs it lost.
 HEARTBEAT = (
     _NOW
     + """
@@ -220,13 +221,16 @@ local lost = {}
 for i = 1, n do
   local job = KEYS[i + 3]
   local entry = ARGV[4 + i]
-  local v = redis.call('HMGET', job, 'w', 'e')
-  local ok = v[1] == ARGV[1] and v[2] == ARGV[4 + n + i]
-  if ok and entry ~= '' then
+  local v = redis.call('HMGET', job, 'w', 'e', 's')
+  local final = v[3] == 'succeeded' or v[3] == 'failed'
+  local ok = final or (v[1] == ARGV[1] and v[2] == ARGV[4 + n + i])
+  if ok and not final and entry ~= '' then
     ok = #redis.call('XPENDING', KEYS[1], ARGV[2], entry, entry, 1, ARGV[1]) > 0
     if ok then redis.call('XCLAIM', KEYS[1], ARGV[2], ARGV[1], 0, entry, 'JUSTID') end
   end
-  if ok then
+  if final then
+    -- finished meanwhile (by its owner, a moment ago): nothing to renew, nothing lost
+  elseif ok then
     redis.call('HSET', job, 'L', now + tonumber(ARGV[3]))
   else
     table.insert(lost, i)
