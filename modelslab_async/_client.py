@@ -183,7 +183,11 @@ class Client:
                 "request", f"expected an Img2ImgRequest, got {type(request).__name__}"
             )
         _check_priority(priority)
-        body = await self._wire_body(request)
+        body = (
+            await self._read_body(request)
+            if isinstance(request.init_image, Path)
+            else request_to_wire(request)
+        )
         track_id = request.track_id or _new_track_id()
         body["track_id"] = track_id
         callbacks = self._callbacks
@@ -198,11 +202,9 @@ class Client:
         finally:
             callbacks.forget(track_id)
 
-    async def _wire_body(self, request: Img2ImgRequest) -> dict[str, Any]:
-        """The JSON body for ``request`` without the key (a local file is read off the loop)."""
-        image = request.init_image
-        if not isinstance(image, Path):
-            return request_to_wire(request)
+    async def _read_body(self, request: Img2ImgRequest) -> dict[str, Any]:
+        """The JSON body of a request with a local image, the file read off the loop."""
+        image = str(request.init_image)
         try:
             return await asyncio.to_thread(request_to_wire, request)
         except OSError as error:

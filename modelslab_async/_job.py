@@ -196,9 +196,9 @@ class JobRunner:
             return self._scheduler.can_take_now(self._barred_now())
         return True
 
-    def _barred_now(self) -> set[Route]:
+    def _barred_now(self) -> frozenset[Route] | set[Route]:
         if not self._barred:
-            return set()
+            return _NONE
         now = time.monotonic()
         return {route for route, until in self._barred.items() if until > now}
 
@@ -255,6 +255,8 @@ class JobRunner:
     # --- submit -------------------------------------------------------------------------------
 
     async def _attempt(self) -> ImageResult:
+        """One submit: a slot, the POST, and the job's end or its queueing (one coroutine,
+        not several: each await inside the HTTP exchange resumes through every layer)."""
         lease = await self._scheduler.acquire(
             priority=self._priority,
             deadline=self._deadline,
@@ -272,43 +274,54 @@ class JobRunner:
                 self._emit(EventKind.REROUTED, route.name)
             self._emit(EventKind.SUBMITTED, route.name)
         started = time.monotonic()
+        route.health.submits += 1
+        self._last_route = route
+        wire = self._wire
         try:
-            result = await self._submit_on(lease)
+            try:
+                route.in_flight += 1
+                try:
+                    raw = await wire.send(
+                        route,
+                        wire.endpoints.img2img,
+                        self._body,
+                        read_timeout=self._read_timeout(wire.timeouts.submit_read),
+                        defaults=route.extra_body,
+                    )
+                finally:
+                    route.in_flight -= 1
+                answer = wire.classify(raw, route, "submit")
+                if answer.status == "success" and not _has_images(answer) and answer.id is None:
+                    raise ResponseFormatError(
+                        "success without images or id", status_code=200, server=route.name
+                    )
+            except ModelsLabError as error:
+                return await self._submit_failed(lease, error)
+            result = await self._submitted(lease, answer)
             self._scheduler.record_job(route, time.monotonic() - started)
-        finally:
+            return result
+        finally:  # whatever happens, cancellation included, the slot goes back
             if self._shared:
                 await self._scheduler.give_back(lease)
             else:
                 self._scheduler.release(lease)
-        return result
 
-    async def _submit_on(self, lease: Lease) -> ImageResult:
+    async def _submit_failed(self, lease: Lease, error: ModelsLabError) -> ImageResult:
+        """A submit failed: account it; with webhooks, a lost answer may yet come back."""
         route = lease.route
-        route.health.submits += 1
-        self._last_route = route
-        try:
-            answer = await self._wire.call(
-                route,
-                self._wire.endpoints.img2img,
-                self._body,
-                read_timeout=self._read_timeout(self._wire.timeouts.submit_read),
-                phase="submit",
-                defaults=route.extra_body,
-            )
-            if answer.status == "success" and not _has_images(answer) and answer.id is None:
-                raise ResponseFormatError(
-                    "success without images or id", status_code=200, server=route.name
-                )
-        except ModelsLabError as error:
-            logger.debug("submit to %s failed: %r", route.name, error)
-            verdict = await self._failed_call(route, "submit", error, lease.probe)
-            if verdict.sent and self._callback is not None:
-                # The server may have accepted the job: its callback is the one way to know.
-                called = await self._callback_within(self._poll_policy.lost_answer_wait)
-                if called is not None:
-                    self._record(route, "submit", None, f"callback: {called.status}")
-                    return self._from_callback(route, called)
-            raise
+        logger.debug("submit to %s failed: %r", route.name, error)
+        verdict = await self._failed_call(route, "submit", error, lease.probe)
+        if verdict.sent and self._callback is not None:
+            # The server may have accepted the job: its callback is the one way to know.
+            called = await self._callback_within(self._poll_policy.lost_answer_wait)
+            if called is not None:
+                self._record(route, "submit", None, f"callback: {called.status}")
+                return self._from_callback(route, called)
+        raise error
+
+    async def _submitted(self, lease: Lease, answer: ApiResponse) -> ImageResult:
+        """The submit was answered: done, failed, or queued (then polled)."""
+        route = lease.route
         if self._shared:
             await self._scheduler.report_success(route, probe=lease.probe)
         else:
@@ -470,6 +483,9 @@ class JobRunner:
                 result=result,
             ),
         )
+
+
+_NONE: frozenset[Route] = frozenset()
 
 
 def _has_images(answer: ApiResponse) -> bool:

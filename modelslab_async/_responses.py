@@ -65,7 +65,7 @@ def retry_after_seconds(headers: Mapping[str, str], body_value: float | None) ->
 
 def _decode(raw: RawResponse) -> Any:
     try:
-        return json.loads(raw.body)
+        return json.loads(raw.body.decode())  # utf-8, as the API sends (no encoding sniffing)
     except (ValueError, UnicodeDecodeError):
         return None
 

@@ -240,6 +240,8 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         """Serve waiters, best first, while a slot can go to one of them."""
+        if not (self._queue or self._pinned or self._excluded):
+            return  # nobody waits: the common case of a pool with room
         now = self._clock()
         while self.active < self._limit:
             best: Waiter | None = None
