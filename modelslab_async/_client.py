@@ -109,6 +109,11 @@ class Client:
         """The API base URL."""
         return self._wire.base_url
 
+    @property
+    def transport(self) -> Transport:
+        """The transport the client sends through (given, or its own aiohttp one)."""
+        return self._transport
+
     def __repr__(self) -> str:
         return f"<Client {self._state.value} {self.base_url} {self.pool!r}>"
 

@@ -130,7 +130,7 @@ class LedgerTransport:
 
 def check_client(client: Client) -> None:
     """Refuse a client whose submits the ledger would not see."""
-    if not isinstance(getattr(client, "_transport", None), LedgerTransport):
+    if not isinstance(client.transport, LedgerTransport):
         raise InvalidRequestError(
             "client", "build it with Client(pool, transport=LedgerTransport()) for the ledger"
         )
