@@ -218,14 +218,20 @@ async def test_redis_stopped_mid_run_loses_no_job(
         for k, n in zip(KEYS, "ab", strict=True)
     ]
     async with FakeModelsLab(specs) as fake:
-        backend = redis_api.RedisBackend.from_url(spare_redis.url, timeout=0.5, **options)
+        backend = redis_api.RedisBackend.from_url(
+            spare_redis.url, timeout=0.5, lease_ttl=3.0, **options
+        )
         pool = ServerPool(
             [Server(key=k, name=n, max_concurrency=2) for k, n in zip(KEYS, "ab", strict=True)],
             routing="least-busy",
             backend=backend,
         )
         outcomes = []
-        async with backend, Client(pool, base_url=fake.base_url, timeouts=Timeouts(job=20)) as c:
+        async with (
+            asyncio.timeout(50),  # a hang fails here, with its traceback, not at pytest-timeout
+            backend,
+            Client(pool, base_url=fake.base_url, timeouts=Timeouts(job=10)) as c,
+        ):
             requests = [make_request() for _ in range(40)]
             async for outcome in c.img2img_batch(requests, concurrency=4):
                 outcomes.append(outcome)

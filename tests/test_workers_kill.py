@@ -78,6 +78,7 @@ async def fake_records(base_url: str) -> list[dict[str, Any]]:
     return records
 
 
+@pytest.mark.timeout(180)  # three worker processes: minutes on a loaded 2-core machine
 async def test_600_jobs_three_workers_one_killed_twice(
     redis_server: RedisServer, standalone_fake: str, tmp_path: Path, redis_api: Any
 ) -> None:
@@ -120,7 +121,7 @@ async def test_600_jobs_three_workers_one_killed_twice(
             victim.send_signal(signal.SIGKILL)
             killed.append(await finish(victim))
             workers[0] = await worker(0)
-        ran = [await finish(process, timeout=40) for process in workers]
+        ran = [await finish(process, timeout=100) for process in workers]
     finally:
         for process in workers:
             if process.returncode is None:
