@@ -20,11 +20,18 @@ from collections import deque
 from collections.abc import Collection
 from typing import Any
 
+from ._errors import InvalidRequestError
 from ._server import Route
 
-__all__ = ["Waiter", "WaitQueue"]
+__all__ = ["Waiter", "WaitQueue", "check_priority"]
 
 _sequence = itertools.count()
+
+
+def check_priority(value: object, name: str = "priority") -> None:
+    """Refuse a priority that is not an integer (None means "the default"), naming the field."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidRequestError(name, f"{value!r} is not an integer", allowed="int")
 
 
 class Waiter:

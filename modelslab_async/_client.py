@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from ._admission import check_priority
 from ._call import Wire
 from ._config import DEFAULT, DEFAULT_BASE_URL, Default, Endpoints, PollPolicy, Timeouts
 from ._converter import request_to_wire
@@ -93,7 +94,6 @@ class Client:
         )
         self._scheduler = scheduler_of(self.pool)
         self.webhooks = webhooks
-        self._callbacks = None if webhooks is None else callbacks_of(webhooks)
         self._wire = Wire(
             self._transport,
             _checked_base_url(base_url),
@@ -187,7 +187,7 @@ class Client:
             raise InvalidRequestError(
                 "request", f"expected an Img2ImgRequest, got {type(request).__name__}"
             )
-        _check_priority(priority)
+        check_priority(priority)
         body = (
             await self._read_body(request)
             if isinstance(request.init_image, Path)
@@ -195,12 +195,12 @@ class Client:
         )
         track_id = request.track_id or _new_track_id()
         body["track_id"] = track_id
-        callbacks = self._callbacks
-        if callbacks is None or request.webhook is not None or self.webhooks is None:
-            return await self._runner(
-                self._job_timeout(timeout), on_event, priority, track_id
-            ).submit(body)
-        body["webhook"] = self.webhooks.url_for(track_id)
+        webhooks = self.webhooks
+        if webhooks is None or request.webhook is not None:  # no callback of ours to race
+            runner = self._runner(self._job_timeout(timeout), on_event, priority, track_id)
+            return await runner.submit(body)
+        body["webhook"] = webhooks.url_for(track_id)
+        callbacks = callbacks_of(webhooks)
         runner = self._runner(self._job_timeout(timeout), on_event, priority, track_id, callbacks)
         try:
             return await runner.submit(body)
@@ -238,7 +238,7 @@ class Client:
             priority: Higher numbers get a slot on that server first.
         """
         self._check_open()
-        _check_priority(priority)
+        check_priority(priority)
         route = route_of(self.pool, server)
         runner = self._runner(self._job_timeout(timeout), on_event, priority, None)
         return await runner.collect(route, str(request_id))
@@ -377,11 +377,6 @@ class Client:
         finally:
             if probe:
                 self._scheduler.probe_done(route)
-
-
-def _check_priority(priority: object) -> None:
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise InvalidRequestError("priority", f"{priority!r} is not an integer", allowed="int")
 
 
 def _checked_base_url(base_url: object) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from attrs import define, evolve, field, frozen
 
+from ._admission import check_priority
 from ._config import DEFAULT, Default, Timeouts
 from ._errors import Attempt, InvalidRequestError
 from ._events import EventKind, JobEvent, JobEventHandler, deliver
@@ -59,13 +60,8 @@ class JobClient(Protocol):
         ...
 
 
-def _check_priority(name: str, value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InvalidRequestError(name, f"{value!r} is not an integer", allowed="int")
-
-
 def _optional_int(_: object, attribute: Any, value: Any) -> None:
-    _check_priority(attribute.name, value)
+    check_priority(value, attribute.name)
 
 
 @frozen(kw_only=True)
@@ -198,7 +194,7 @@ class Dispatcher:
         buffered: object = 8 * limit if max_buffered is None else max_buffered
         if isinstance(buffered, bool) or not isinstance(buffered, int) or buffered < 0:
             raise InvalidRequestError("max_buffered", f"{max_buffered!r}", allowed="integers >= 0")
-        _check_priority("priority", priority)
+        check_priority(priority)
         self.client = client
         self.concurrency: int = limit
         self.ordered = ordered

@@ -147,7 +147,7 @@ class Scheduler:
             elif pinned.active < pinned.capacity and not self._pinned.get(pinned):
                 return self._take(pinned, now, pinned=True)
         if pinned is None:
-            self._check_hope(deadline, exclude, now)
+            self._check_hope(deadline, now)
         loop = asyncio.get_running_loop()
         waiter = Waiter(
             loop.create_future(), priority=priority, pinned=pinned, avoid=avoid, exclude=exclude
@@ -289,7 +289,7 @@ class Scheduler:
         self._timer = None
         self._dispatch()
 
-    def _check_hope(self, deadline: float | None, exclude: Collection[Route], now: float) -> None:
+    def _check_hope(self, deadline: float | None, now: float) -> None:
         """Raise at once when no route can possibly take the job before its deadline."""
         if deadline is None:
             return
