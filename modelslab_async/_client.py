@@ -18,6 +18,7 @@ from ._admission import check_priority
 from ._call import Wire
 from ._config import DEFAULT, DEFAULT_BASE_URL, Default, Endpoints, PollPolicy, Timeouts
 from ._converter import request_to_wire
+from ._deadlines import Deadlines
 from ._decisions import judge
 from ._dispatch import Dispatcher, Job, JobOutcome
 from ._errors import InvalidRequestError, JobFailedError, ModelsLabError, ReadError
@@ -101,6 +102,7 @@ class Client:
             self.timeouts,
             Scrubber(server.key.reveal() for server in self.pool.servers),
         )
+        self._deadlines = Deadlines()  # every job's deadline on one timer
         self._state = _State.UNOPENED
         self._stack = contextlib.AsyncExitStack()
 
@@ -146,6 +148,7 @@ class Client:
         try:
             await self._stack.aclose()
         finally:
+            self._deadlines.close()
             await self._transport.aclose()
 
     def _check_open(self) -> None:
@@ -182,26 +185,39 @@ class Client:
                 ``init_image`` file cannot be read.
             ModelsLabError: Any other failure; the error's ``attempts`` tell what was tried.
         """
-        self._check_open()
+        if self._state is _State.CLOSED:
+            raise RuntimeError("the client is closed")
         if not isinstance(request, Img2ImgRequest):
             raise InvalidRequestError(
                 "request", f"expected an Img2ImgRequest, got {type(request).__name__}"
             )
-        check_priority(priority)
+        if type(priority) is not int:
+            check_priority(priority)
         body = (
             await self._read_body(request)
             if isinstance(request.init_image, Path)
             else request_to_wire(request)
         )
-        track_id = request.track_id or _new_track_id()
-        body["track_id"] = track_id
+        track_id = body["track_id"] = request.track_id or _new_track_id()
+        if isinstance(timeout, Default):
+            timeout = self.timeouts.job
         webhooks = self.webhooks
         if webhooks is None or request.webhook is not None:  # no callback of ours to race
-            runner = self._runner(self._job_timeout(timeout), on_event, priority, track_id)
+            runner = JobRunner(
+                self._wire,
+                self._scheduler,
+                retry=self.retry,
+                poll=self.poll,
+                timeout=timeout,
+                emit=on_event,
+                priority=priority,
+                track_id=track_id,
+                deadlines=self._deadlines,
+            )
             return await runner.submit(body)
         body["webhook"] = webhooks.url_for(track_id)
         callbacks = callbacks_of(webhooks)
-        runner = self._runner(self._job_timeout(timeout), on_event, priority, track_id, callbacks)
+        runner = self._runner(timeout, on_event, priority, track_id, callbacks)
         try:
             return await runner.submit(body)
         finally:
@@ -337,6 +353,7 @@ class Client:
             priority=priority,
             track_id=track_id,
             callbacks=callbacks,
+            deadlines=self._deadlines,
         )
 
     async def _call_once(self, route: Route, path: str, fields: dict[str, str]) -> Any:

@@ -345,22 +345,33 @@ def parse_response(body: Any, *, status_code: int = 200) -> ApiResponse:
     get = body.get
     meta = get("meta")
     message = get("message")
-    eta = get("eta")
-    retry_after = get("retry_after")
+    if message is None:
+        message = get("messege")  # a misspelling some answers carry
+    answer_id = get("id")
+    output = get("output")
+    links = get("proxy_links")
     future = get("future_links")
+    eta = get("eta")
+    took = get("generationTime")
+    if took is None:
+        took = get("generation_time")
+    nsfw = get("nsfw_content_detected")
+    retry_after = get("retry_after")
+    fetch_result = get("fetch_result")
+    # Absent fields (the common case) cost no call: each helper runs only on a value.
     return ApiResponse(
         status=status if status in _LOWER_STATUSES else status.strip().lower(),
-        message=_text_or_none(get("messege") if message is None else message),
-        id=_text_or_none(get("id")),
-        output=_links(get("output")),
-        proxy_links=_links(get("proxy_links")),
+        message=None if message is None else _text_or_none(message),
+        id=None if answer_id is None else _text_or_none(answer_id),
+        output=() if output is None else _links(output),
+        proxy_links=() if links is None else _links(links),
         future_links=() if future is None else _links(future),
         eta=None if eta is None else _number(eta),
-        generation_time=_number(get("generationTime", get("generation_time"))),
+        generation_time=None if took is None else _number(took),
         meta=meta if isinstance(meta, dict) else {},
-        nsfw_content_detected=_nsfw(get("nsfw_content_detected")),
+        nsfw_content_detected=None if nsfw is None else _nsfw(nsfw),
         retry_after=None if retry_after is None else _number(retry_after),
-        fetch_result=_text_or_none(get("fetch_result")),
+        fetch_result=None if fetch_result is None else _text_or_none(fetch_result),
     )
 
 

@@ -21,6 +21,7 @@ from attrs import evolve
 from ._call import Wire
 from ._config import PollPolicy
 from ._converter import ApiResponse
+from ._deadlines import Deadlines
 from ._decisions import Elsewhere, Health, Verdict, judge
 from ._errors import (
     Attempt,
@@ -46,6 +47,24 @@ logger = logging.getLogger("modelslab_async")
 class JobRunner:
     """One job's life: submit (with retries and rerouting), then poll until done. Internal."""
 
+    # Defaults on the class: a job that succeeds at once never assigns most of them, and a
+    # runner is built for every job. The containers are made on first write.
+    request_id: str | None = None
+    route: Route | None = None
+    possible_duplicate = False
+    _submits = 0
+    _last_route: Route | None = None
+    _maybe_started = False  # a submit may have reached a server
+    _resubmits = 0  # submits made since then
+    _last_failure: tuple[BaseException, Verdict] | None = None
+    _waited = 0.0
+    _body: Mapping[str, Any] = MappingProxyType({})
+    _log: list[tuple[str, Literal["submit", "fetch"], str | None, str, float]] | None = None
+    _avoid: frozenset[Route] | set[Route] = frozenset()  # just failed: only if nothing else can
+    # Routes barred until a time: one that may still be running this job (until its p95 job
+    # time has passed), one that refused the key (for good).
+    _barred: Mapping[Route, float] = MappingProxyType({})
+
     def __init__(
         self,
         wire: Wire,
@@ -59,8 +78,10 @@ class JobRunner:
         track_id: str | None = None,
         callbacks: CallbackBook | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self._wire = wire
+        self._deadlines = Deadlines() if deadlines is None else deadlines
         self._scheduler = scheduler
         self._shared = scheduler.shared is not None  # slots in a backend: awaited calls
         self._retry = retry
@@ -68,7 +89,9 @@ class JobRunner:
         self._timeout = timeout
         self._emit_to = emit
         # A handler may say which kinds of event it wants (``event_kinds``); others are not built.
-        self._kinds: frozenset[EventKind] | None = getattr(emit, "event_kinds", None)
+        self._kinds: frozenset[EventKind] | None = (
+            None if emit is None else getattr(emit, "event_kinds", None)
+        )
         self._priority = priority
         self.track_id = track_id
         self._sleep = sleep
@@ -77,30 +100,15 @@ class JobRunner:
         self._callback = (
             None if callbacks is None or track_id is None else callbacks.expect(track_id)
         )
-        self._started = time.monotonic()
-        self._deadline = None if timeout is None else self._started + timeout
-        self._log: list[tuple[str, Literal["submit", "fetch"], str | None, str, float]] = []
-        self.request_id: str | None = None
-        self.route: Route | None = None
-        self._submits = 0
-        self._last_route: Route | None = None
-        self._avoid: set[Route] = set()  # just failed: use only when nothing else can
-        # Routes barred until a time: one that may still be running this job (until its p95
-        # job time has passed), one that refused the key (for good).
-        self._barred: dict[Route, float] = {}
-        self._maybe_started = False  # a submit may have reached a server
-        self._resubmits = 0  # submits made since then
-        self._last_failure: tuple[BaseException, Verdict] | None = None
-        self.possible_duplicate = False
-        self._waited = 0.0
-        self._body: Mapping[str, Any] = {}
+        self._started = started = time.monotonic()
+        self._deadline = None if timeout is None else started + timeout
 
     @property
     def attempts(self) -> list[Attempt]:
         """Every attempt so far, oldest first."""
         return [
             Attempt(server=server, phase=phase, error=error, detail=detail, waited=waited)
-            for server, phase, error, detail, waited in self._log
+            for server, phase, error, detail, waited in self._log or ()
         ]
 
     # --- entry points -------------------------------------------------------------------------
@@ -117,27 +125,35 @@ class JobRunner:
 
     async def _run(self, attempt: Callable[[], Awaitable[ImageResult]]) -> ImageResult:
         """The job under its deadline: the first try directly, retries as the policy says."""
+        deadline = None if self._timeout is None else self._deadlines.enter(self._timeout)
         try:
-            async with asyncio.timeout(self._timeout) as scope:
-                try:
-                    result = await attempt()  # the common case: no retry machinery at all
-                except ModelsLabError as error:
-                    result = await retry_after_failure(
-                        error,
-                        attempt,
-                        policy=self._retry,
-                        started=self._started,
-                        should_retry=self._should_retry,
-                        wait=self._wait,
-                        sleep=self._sleep,
-                        before_sleep=self._before_sleep,
-                    )
-        except TimeoutError:
-            if not scope.expired():  # not our deadline: pass it on untouched
-                raise
-            raise self._timed_out() from None
+            try:
+                result = await attempt()  # the common case: no retry machinery at all
+            except ModelsLabError as error:
+                result = await retry_after_failure(
+                    error,
+                    attempt,
+                    policy=self._retry,
+                    started=self._started,
+                    should_retry=self._should_retry,
+                    wait=self._wait,
+                    sleep=self._sleep,
+                    before_sleep=self._before_sleep,
+                )
+        except asyncio.CancelledError:
+            if deadline is not None and self._deadlines.leave(deadline):
+                raise self._timed_out() from None  # our deadline, not the caller's cancel
+            raise
         except ModelsLabError as error:
+            if deadline is not None:
+                self._deadlines.leave(deadline)
             raise self._fail(error) from error.__cause__
+        except BaseException:
+            if deadline is not None:
+                self._deadlines.leave(deadline)
+            raise
+        if deadline is not None:
+            self._deadlines.leave(deadline)
         if self._emit_to is not None:
             self._emit(EventKind.DONE, result.server, result=result)
         return result
@@ -242,9 +258,9 @@ class JobRunner:
             self._maybe_started = self._maybe_started or verdict.sent
             if verdict.elsewhere is Elsewhere.ONLY:
                 hold = math.inf if verdict.health is Health.FATAL else self._hold(route)
-                self._barred[route] = time.monotonic() + hold
+                self._barred = {**self._barred, route: time.monotonic() + hold}
             if verdict.elsewhere is not Elsewhere.ANY:
-                self._avoid.add(route)
+                self._avoid = {*self._avoid, route}
         return verdict
 
     def _hold(self, route: Route) -> float:
@@ -261,7 +277,7 @@ class JobRunner:
             priority=self._priority,
             deadline=self._deadline,
             avoid=self._avoid,
-            exclude=self._barred_now(),
+            exclude=self._barred_now() if self._barred else _NONE,
             timer=self._deadline is None,  # else the job's own deadline ends the wait
         )
         route = lease.route
@@ -285,7 +301,9 @@ class JobRunner:
                         route,
                         wire.endpoints.img2img,
                         self._body,
-                        read_timeout=self._read_timeout(wire.timeouts.submit_read),
+                        read_timeout=self._read_timeout(wire.timeouts.submit_read)
+                        if self._deadline is not None
+                        else wire.timeouts.submit_read,
                         defaults=route.extra_body,
                     )
                 finally:
@@ -297,7 +315,16 @@ class JobRunner:
                     )
             except ModelsLabError as error:
                 return await self._submit_failed(lease, error)
-            result = await self._submitted(lease, answer)
+            if answer.status == "success" and (answer.output or answer.proxy_links):
+                # Done at once, the common case, in line. Its history is not logged: only a
+                # failure reports the attempts, and this job can no longer fail.
+                if self._shared:
+                    await self._scheduler.report_success(route, probe=lease.probe)
+                else:
+                    self._scheduler.record_success(route, probe=lease.probe)
+                result = self.result(route, answer)
+            else:
+                result = await self._submitted(lease, answer)
             self._scheduler.record_job(route, time.monotonic() - started)
             return result
         finally:  # whatever happens, cancellation included, the slot goes back
@@ -436,6 +463,8 @@ class JobRunner:
         if error is not None:
             detail = error.message
         name = type(error).__name__ if error is not None else None
+        if self._log is None:
+            self._log = []
         self._log.append((route.name, phase, name, detail, round(self._waited, 3)))
         self._waited = 0.0
 

@@ -110,11 +110,11 @@ def _body_or_raise(raw: RawResponse, server: str, scrub: Scrub) -> dict[str, Any
 
 
 def _raise_if_error(raw: RawResponse, parsed: ApiResponse, server: str) -> None:
+    if raw.status < 400 and parsed.status != "error":
+        return  # the common case, first
     message = parsed.message or f"status {parsed.status!r}"
     if raw.status >= 400:
         _status_error(raw, message, server, parsed.retry_after)
-    if parsed.status != "error" and raw.status < 400:
-        return
     lowered = message.lower()
     if any(word in lowered for word in _RATE_WORDS):
         raise RateLimitError(
@@ -151,7 +151,8 @@ def classify(
     parsed = parse_response(body, status_code=raw.status)
     if parsed.message is not None and (parsed.status != "success" or raw.status >= 400):
         parsed.message = scrub(parsed.message[:_MESSAGE_CAP])  # it may reach an error
-    _raise_if_error(raw, parsed, server)
+    if raw.status >= 400 or parsed.status == "error":
+        _raise_if_error(raw, parsed, server)
     if parsed.status not in _KNOWN_STATUSES:
         raise ResponseFormatError(
             f"unknown status {scrub(repr(parsed.status)[:40])}",

@@ -66,6 +66,7 @@ class Scheduler:
         self._pinned: dict[Route, WaitQueue] = {}  # fetches that must use one route
         self._excluded: list[Waiter] = []  # jobs barred from some routes (a few at most)
         self._ready: list[_Ready] = []
+        self._ready_cap = 4 * len(self.routes) + 16  # stale entries beyond: compact the heap
         self._resting: list[_Resting] = []
         self._healthy = 0  # routes ready or full: a release will come
         self._probing = 0  # routes waiting for their probe's outcome
@@ -321,7 +322,10 @@ class Scheduler:
             if entry[3] != route.version:
                 heapq.heappop(ready)
                 continue
-            if not route.health.available(now):
+            health = route.health
+            if not (
+                health.breaker.state is BreakerState.CLOSED and now >= health.cooldown_until
+            ) and not health.available(now):
                 heapq.heappop(ready)
                 self._refresh(route, now)  # rests until it recovers
                 continue
@@ -348,19 +352,6 @@ class Scheduler:
         """Whether some route outside ``exclude`` exists (it may have to be waited for)."""
         return any(route not in exclude for route in self.routes)
 
-    def _key(self, route: Route) -> tuple[float, float]:
-        if self._routing == "round-robin":
-            self._tick += 1.0
-            return (0.0, self._tick)
-        service = route.health.service_time
-        if service is None:
-            count = self._service_count
-            service = self._service_sum / count if count else 1.0
-        finish = (route.active + 1) * service / route.capacity
-        if self._routing == "first-server":
-            return (0.0 if route.kind == "balancer" else 1.0, finish)
-        return (0.0, finish)
-
     def _refresh(self, route: Route, now: float) -> None:
         """Put a route where it belongs now: ready (in the heap), full, resting or probing."""
         route.version += 1
@@ -372,9 +363,20 @@ class Scheduler:
             health.breaker.state is BreakerState.CLOSED and now >= health.cooldown_until
         ) or health.available(now):
             place = "ready"
-            first, second = self._key(route)
-            heapq.heappush(self._ready, (first, second, route.index, route.version, route))
-            if len(self._ready) > 4 * len(self.routes) + 16:
+            # The routing key, inline (this runs twice per job).
+            if self._routing == "round-robin":
+                self._tick += 1.0
+                first, second = 0.0, self._tick
+            else:
+                service = health.service_time
+                if service is None:
+                    count = self._service_count
+                    service = self._service_sum / count if count else 1.0
+                second = (route.active + 1) * service / route.capacity
+                first = 0.0 if self._routing != "first-server" or route.kind == "balancer" else 1.0
+            ready = self._ready
+            heapq.heappush(ready, (first, second, route.index, route.version, route))
+            if len(ready) > self._ready_cap:
                 self._compact()
         else:
             at = route.health.recovers_at(now)
