@@ -39,9 +39,10 @@ class Timeouts:
 
     Attributes:
         connect: Opening a connection.
-        submit_read: Waiting for the answer to a submit. Long: an enterprise server holds the
-            request open while it works before it answers ``processing``.
-        fetch_read: Waiting for the answer to a fetch or ``system_details``.
+        submit_read: Waiting for the whole answer to a submit (however slowly it trickles in).
+            Long: an enterprise server holds the request open while it works before it
+            answers ``processing``.
+        fetch_read: Waiting for the whole answer to a fetch or ``system_details``.
         download_read: Waiting for an image download.
         job: The whole job, from the first submit to the result, across retries and polling.
             ``None`` means no overall deadline (not recommended).

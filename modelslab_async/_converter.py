@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import cattrs
 from attrs import define, field
+from cattrs.fns import identity
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from ._errors import InvalidRequestError, ResponseFormatError
@@ -39,6 +40,10 @@ __all__ = [
 ]
 
 converter = cattrs.Converter()
+# Optional plain values go on the wire as they are: the field is omitted when None, so the
+# generated function writes the value itself instead of calling a hook per field.
+_PLAIN_OPTIONALS = frozenset({str | None, int | None, float | None, float | str | None})
+converter.register_unstructure_hook_func(lambda kind: kind in _PLAIN_OPTIONALS, identity)
 converter.register_unstructure_hook(bool, lambda value: "yes" if value else "no")
 for _kind in (Scheduler, SafetyCheckerType):
     converter.register_unstructure_hook(_kind, lambda member: member.value)

@@ -10,6 +10,7 @@ consumer. Every job ends as exactly one :class:`JobOutcome`, success or typed er
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -226,19 +227,19 @@ class Dispatcher:
         """
         self.progress = BatchProgress()
         deadline = None if self._batch_timeout is None else time.monotonic() + self._batch_timeout
-        held = asyncio.Semaphore(self.concurrency + self.max_buffered)
-        # Unordered, the jobs held bound the jobs running: one semaphore is enough.
-        running = asyncio.Semaphore(self.concurrency) if self.max_buffered else None
-        windows = _Windows(running=running, held=held)
-        finished: asyncio.Queue[JobOutcome | None] = asyncio.Queue()
-        feed = _Feed()
+        feed = _Feed(
+            jobs,
+            held=_Window(self.concurrency + self.max_buffered),
+            finished=asyncio.Queue(),
+            deadline=deadline,
+        )
         left = False
         try:
             async with (
                 asyncio.TaskGroup() as group,
-                contextlib.aclosing(self._drain(finished, feed)) as outcomes,
+                contextlib.aclosing(self._drain(feed)) as outcomes,
             ):
-                group.create_task(self._feed(jobs, windows, finished, group, feed, deadline))
+                group.create_task(self._start(feed, group))
                 async for outcome in outcomes:
                     try:
                         yield outcome
@@ -246,7 +247,7 @@ class Dispatcher:
                         # The consumer stopped early: leave the group with an ordinary error
                         # so that it cancels the jobs in flight (3.11 groups wrap anything else).
                         raise _ConsumerLeft from None
-                    windows.held.release()
+                    feed.held.leave()
         except* _ConsumerLeft:
             left = True
         if left:
@@ -254,10 +255,9 @@ class Dispatcher:
         if feed.error is not None:
             raise feed.error
 
-    async def _drain(
-        self, finished: asyncio.Queue[JobOutcome | None], feed: _Feed
-    ) -> AsyncGenerator[JobOutcome, None]:
+    async def _drain(self, feed: _Feed) -> AsyncGenerator[JobOutcome, None]:
         """Outcomes as they complete, or in input order, until the input is exhausted."""
+        finished = feed.finished
         buffered: dict[int, JobOutcome] = {}
         next_index = 0
         yielded = 0
@@ -277,54 +277,52 @@ class Dispatcher:
                 yield buffered.pop(next_index)
                 next_index += 1
 
-    async def _feed(  # noqa: PLR0917 - private, called once
-        self,
-        jobs: Iterable[Img2ImgRequest | Job] | AsyncIterable[Img2ImgRequest | Job],
-        windows: _Windows,
-        finished: asyncio.Queue[JobOutcome | None],
-        group: asyncio.TaskGroup,
-        feed: _Feed,
-        deadline: float | None,
-    ) -> None:
-        source: AsyncIterator[Any] | Iterator[Any] = (
-            aiter(jobs) if isinstance(jobs, AsyncIterable) else iter(jobs)
-        )
+    # Jobs run on at most ``concurrency`` worker tasks, each taking the next job of the input
+    # when its own ends (no task and no wake-up of a feeding task per job). A job is taken
+    # only once the window of held jobs lets one more in, so that the input is read lazily.
+
+    async def _start(self, feed: _Feed, group: asyncio.TaskGroup) -> None:
+        """Start the workers, each with its first job, as the window allows."""
+        for _ in range(self.concurrency):
+            job = await self._next(feed)
+            if job is None:
+                return
+            group.create_task(self._work(feed, *job))
+
+    async def _work(self, feed: _Feed, index: int, item: Any) -> None:
+        """One worker: run a job, take the next, until the input ends."""
+        while True:
+            await self._run_one(index, item, feed)
+            job = await self._next(feed)
+            if job is None:
+                return
+            index, item = job
+
+    async def _next(self, feed: _Feed) -> tuple[int, Any] | None:
+        """The next job and its index, once the window lets one more in; None at the end."""
+        await feed.held.enter()
+        if feed.done or (feed.deadline is not None and time.monotonic() >= feed.deadline):
+            feed.end()
+            return None
         try:
-            index = 0
-            while True:
-                await windows.held.acquire()
-                if windows.running is not None:
-                    await windows.running.acquire()
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                try:
-                    if isinstance(source, AsyncIterator):
-                        item = await anext(source)
-                    else:
-                        item = next(source)
-                except (StopIteration, StopAsyncIteration):
-                    break
-                feed.admitted += 1
-                self.progress.admitted += 1
-                group.create_task(self._run_one(index, item, finished, deadline, windows))
-                index += 1
+            item = next(feed.items) if feed.items is not None else await feed.pull()
+        except (StopIteration, StopAsyncIteration):
+            feed.end()
+            return None
         except Exception as error:  # noqa: BLE001 - reported after the admitted jobs finish
             feed.error = error
-        finally:
-            finished.put_nowait(None)
+            feed.end()
+            return None
+        index = feed.admitted
+        feed.admitted += 1
+        self.progress.admitted += 1
+        return index, item
 
-    async def _run_one(
-        self,
-        index: int,
-        item: Any,
-        finished: asyncio.Queue[JobOutcome | None],
-        deadline: float | None,
-        windows: _Windows,
-    ) -> None:
+    async def _run_one(self, index: int, item: Any, feed: _Feed) -> None:
         started = time.monotonic()
         timeout = self._job_timeout
-        if deadline is not None:
-            left = max(deadline - started, 0.0)
+        if feed.deadline is not None:
+            left = max(feed.deadline - started, 0.0)
             timeout = left if timeout is None else min(timeout, left)
         client = self.client
         request: Img2ImgRequest | None = None
@@ -370,9 +368,7 @@ class Dispatcher:
             )
         finally:
             watch.settle()
-            if windows.running is not None:
-                windows.running.release()
-        finished.put_nowait(outcome)
+        feed.finished.put_nowait(outcome)
 
 
 class _Watch:
@@ -425,20 +421,98 @@ _ALL_KINDS = frozenset(EventKind)
 _COUNTED_KINDS = frozenset({EventKind.QUEUED, EventKind.RETRIED, EventKind.REROUTED})
 
 
-@define
-class _Windows:
-    running: asyncio.Semaphore | None
-    held: asyncio.Semaphore
+class _Window:
+    """
+    Room for jobs held at once: a count, and the workers waiting for room in line. Room
+    given back goes to the first worker waiting (``asyncio.Semaphore`` scans its waiters on
+    every release and acquire, which a batch pays for every job).
+    """
+
+    __slots__ = ("_free", "_waiting")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def enter(self) -> None:
+        """Take room for one job, waiting in line for it."""
+        if self._free > 0:  # room is handed to waiters first: none waits while some is free
+            self._free -= 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.leave()  # handed room as it was cancelled: pass it on
+            raise
+
+    def leave(self) -> None:
+        """Give room back: to the first worker waiting, if any."""
+        waiting = self._waiting
+        while waiting:
+            future = waiting.popleft()
+            if not future.done():  # a cancelled waiter's future is done
+                future.set_result(None)
+                return
+        self._free += 1
 
 
 class _ConsumerLeft(Exception):  # noqa: N818 - a signal, not an error users see
     """The consumer closed the outcome stream early."""
 
 
-@define
 class _Feed:
-    admitted: int = 0
-    error: Exception | None = None
+    """The input of one run, read by the workers, and where their outcomes go."""
+
+    __slots__ = (
+        "_async_items",
+        "_lock",
+        "admitted",
+        "deadline",
+        "done",
+        "error",
+        "finished",
+        "held",
+        "items",
+    )
+
+    def __init__(
+        self,
+        jobs: Iterable[Img2ImgRequest | Job] | AsyncIterable[Img2ImgRequest | Job],
+        *,
+        held: _Window,
+        finished: asyncio.Queue[JobOutcome | None],
+        deadline: float | None,
+    ) -> None:
+        self.items: Iterator[Any] | None = None
+        self._async_items: AsyncIterator[Any] | None = None
+        if isinstance(jobs, AsyncIterable):
+            self._async_items = aiter(jobs)
+        else:
+            self.items = iter(jobs)
+        self._lock = asyncio.Lock()
+        self.held = held  # jobs taken and not yet handed to the consumer (or buffered)
+        self.finished = finished  # outcomes; None once the input has ended
+        self.deadline = deadline
+        self.admitted = 0
+        self.done = False
+        self.error: Exception | None = None
+
+    async def pull(self) -> Any:
+        """The next item of an async input (one worker at a time advances it)."""
+        async with self._lock:
+            if self.done or self._async_items is None:
+                raise StopAsyncIteration
+            return await anext(self._async_items)
+
+    def end(self) -> None:
+        """No job is taken any more: give back the window just taken, say so once."""
+        self.held.leave()  # a worker waiting for it finds the end too
+        if not self.done:
+            self.done = True
+            self.finished.put_nowait(None)
 
 
 def _required(request: Img2ImgRequest | None) -> Img2ImgRequest:

@@ -22,6 +22,7 @@ import aiohttp
 from attrs import frozen
 from yarl import URL
 
+from ._deadlines import Deadlines
 from ._errors import ConnectError, ReadError, RedirectError, ResponseFormatError, TransportError
 
 __all__ = [
@@ -171,8 +172,16 @@ async def _send(
     timeout: aiohttp.ClientTimeout,
     server: str | None,
     cap: int,
+    deadlines: Deadlines | None = None,
+    within: float = 0.0,
 ) -> RawResponse:
-    """One request, its answer read up to ``cap``; aiohttp's errors come out as ours."""
+    """
+    One request, its answer read up to ``cap``; aiohttp's errors come out as ours. With
+    ``deadlines``, the whole exchange must end ``within`` seconds (else a timed-out
+    :class:`ReadError`), on the transport's one shared timer instead of aiohttp's
+    per-read timers.
+    """
+    entry = None if deadlines is None else deadlines.enter(within)
     try:
         async with session.request(
             method, url, json=body, timeout=timeout, allow_redirects=False
@@ -183,15 +192,24 @@ async def _send(
             data = await _read_capped(response, cap, server)
             headers = _headers(response) if status >= 400 else {}
             return RawResponse(status, headers, data)
+    except asyncio.CancelledError:
+        if entry is not None and deadlines is not None and deadlines.leave(entry):
+            raise ReadError(
+                "no answer within the read timeout", server=server, timed_out=True
+            ) from None
+        raise
     except Exception as exc:
         mapped = _mapped(exc, server, url)
         if mapped is None:
             raise
         raise mapped from exc
+    finally:
+        if entry is not None and deadlines is not None:
+            deadlines.leave(entry)  # once only: a second leave does nothing
 
 
 @functools.lru_cache(maxsize=64)
-def _client_timeout(read: float, connect: float) -> aiohttp.ClientTimeout:
+def _client_timeout(read: float | None, connect: float) -> aiohttp.ClientTimeout:
     # No total: the job's own deadline bounds the whole call, and one timer less per request.
     return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
 
@@ -222,6 +240,7 @@ class AiohttpTransport:
         self._max_download = max_download_bytes
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._deadlines = Deadlines()  # every POST's time limit, on one timer
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._session else "unopened")
@@ -238,15 +257,20 @@ class AiohttpTransport:
     def post_json(
         self, url: str, body: Mapping[str, Any], *, timeout: float, server: str
     ) -> Coroutine[Any, Any, RawResponse]:
-        """POST ``body`` as JSON and read the whole answer."""
+        """
+        POST ``body`` as JSON and read the whole answer, all within ``timeout`` seconds
+        once connected (the connect timeout comes on top).
+        """
         return _send(
             self._get_session(),
             "POST",
             url,
             body=body,
-            timeout=_client_timeout(timeout, self._connect_timeout),
+            timeout=_client_timeout(None, self._connect_timeout),
             server=server,
             cap=self._max_answer,
+            deadlines=self._deadlines,
+            within=timeout + self._connect_timeout,
         )
 
     async def get(self, url: str, *, timeout: float) -> RawResponse:
@@ -265,6 +289,7 @@ class AiohttpTransport:
     async def aclose(self) -> None:
         """Close the session and its connections; safe to call twice."""
         self._closed = True
+        self._deadlines.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()

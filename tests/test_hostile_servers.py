@@ -23,6 +23,7 @@ from modelslab_async import (
     HealthPolicy,
     InvalidRequestError,
     ModelsLabError,
+    ReadError,
     RedirectError,
     ResponseFormatError,
     RetryPolicy,
@@ -250,3 +251,47 @@ async def test_timeouts_bound_a_server_that_never_answers() -> None:
             with pytest.raises(ModelsLabError):
                 await client.img2img(make_request())
         release.set()
+
+
+async def trickle(request: web.Request) -> web.StreamResponse:
+    """A slowloris answer: a byte every 20 ms, for ever (never idle long enough to time out
+    a per-read timer)."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    try:
+        while True:
+            await response.write(b" ")
+            await asyncio.sleep(0.02)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    return response
+
+
+async def test_a_trickling_answer_cannot_outlast_the_read_timeout() -> None:
+    """The read timeout bounds the whole answer, not the gap between two bytes."""
+    async with serve({f"{PREFIX}/img2img": trickle}) as (root, _):
+        transport = AiohttpTransport(connect_timeout=0.1)
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(ReadError) as caught:
+                await transport.post_json(
+                    f"{root}{PREFIX}/img2img", {"key": KEY}, timeout=0.2, server="s1"
+                )
+            took = asyncio.get_running_loop().time() - started
+        finally:
+            await transport.aclose()
+    assert caught.value.timed_out
+    assert caught.value.server == "s1"
+    assert 0.25 <= took < 2.0  # the read timeout plus the connect timeout, not for ever
+
+
+async def test_a_trickling_submit_is_a_timed_out_attempt_the_job_survives() -> None:
+    """A submit that times out is retried like any lost answer; the job's own deadline and
+    the caller's cancellation stay the job's."""
+    async with serve({f"{PREFIX}/img2img": trickle}) as (root, _):
+        timeouts = Timeouts(connect=0.05, submit_read=0.1, job=5.0)
+        async with client_for(root, timeouts=timeouts) as client:
+            with pytest.raises(ReadError) as caught:
+                await client.img2img(make_request())
+    assert caught.value.timed_out
+    assert len(caught.value.attempts) == 1
