@@ -71,7 +71,8 @@ def request_to_wire(request: Img2ImgRequest) -> dict[str, Any]:
         data = image if isinstance(image, bytes) else image.read_bytes()
         body["init_image"] = base64.b64encode(data).decode("ascii")
         body["base64"] = "yes"
-    body.update(request.extra)
+    if request.extra:
+        body.update(request.extra)
     return body
 
 
@@ -285,9 +286,10 @@ def _number(value: Any) -> float | None:
 def _links(value: Any) -> tuple[str, ...]:
     kind = type(value)
     if kind is list or kind is tuple:
-        if all(type(item) is str and item for item in value):
-            return tuple(value)  # the common case: every item a URL
-        return tuple(item for item in value if isinstance(item, str) and item)
+        for item in value:
+            if type(item) is not str or not item:
+                return tuple(item for item in value if isinstance(item, str) and item)
+        return tuple(value)  # the common case: every item a URL
     if isinstance(value, str):
         return (value,) if value else ()
     if isinstance(value, list | tuple):

@@ -90,7 +90,7 @@ class JobRunner:
         self._emit_to = emit
         # A handler may say which kinds of event it wants (``event_kinds``); others are not built.
         self._kinds: frozenset[EventKind] | None = (
-            None if emit is None else getattr(emit, "event_kinds", None)
+            _NO_KINDS if emit is None else getattr(emit, "event_kinds", None)
         )
         self._priority = priority
         self.track_id = track_id
@@ -154,7 +154,7 @@ class JobRunner:
             raise
         if deadline is not None:
             self._deadlines.leave(deadline)
-        if self._emit_to is not None:
+        if self._kinds is None or EventKind.DONE in self._kinds:
             self._emit(EventKind.DONE, result.server, result=result)
         return result
 
@@ -273,13 +273,15 @@ class JobRunner:
     async def _attempt(self) -> ImageResult:
         """One submit: a slot, the POST, and the job's end or its queueing (one coroutine,
         not several: each await inside the HTTP exchange resumes through every layer)."""
-        lease = await self._scheduler.acquire(
-            priority=self._priority,
-            deadline=self._deadline,
-            avoid=self._avoid,
-            exclude=self._barred_now() if self._barred else _NONE,
-            timer=self._deadline is None,  # else the job's own deadline ends the wait
-        )
+        lease = None if self._barred else self._scheduler.take_now(self._avoid)
+        if lease is None:
+            lease = await self._scheduler.acquire(
+                priority=self._priority,
+                deadline=self._deadline,
+                avoid=self._avoid,
+                exclude=self._barred_now(),
+                timer=self._deadline is None,  # else the job's own deadline ends the wait
+            )
         route = lease.route
         self._submits += 1
         if self._maybe_started:
@@ -288,7 +290,8 @@ class JobRunner:
         if self._emit_to is not None:
             if self._last_route is not None and route is not self._last_route:
                 self._emit(EventKind.REROUTED, route.name)
-            self._emit(EventKind.SUBMITTED, route.name)
+            if self._kinds is None or EventKind.SUBMITTED in self._kinds:
+                self._emit(EventKind.SUBMITTED, route.name)
         started = time.monotonic()
         route.health.submits += 1
         self._last_route = route
@@ -301,15 +304,22 @@ class JobRunner:
                         route,
                         wire.endpoints.img2img,
                         self._body,
-                        read_timeout=self._read_timeout(wire.timeouts.submit_read)
-                        if self._deadline is not None
-                        else wire.timeouts.submit_read,
+                        read_timeout=wire.timeouts.submit_read
+                        if self._deadline is None
+                        else max(
+                            0.001,
+                            min(wire.timeouts.submit_read, self._deadline - time.monotonic()),
+                        ),
                         defaults=route.extra_body,
                     )
                 finally:
                     route.in_flight -= 1
                 answer = wire.classify(raw, route, "submit")
-                if answer.status == "success" and not _has_images(answer) and answer.id is None:
+                if (
+                    answer.status == "success"
+                    and not (answer.output or answer.proxy_links)
+                    and answer.id is None
+                ):
                     raise ResponseFormatError(
                         "success without images or id", status_code=200, server=route.name
                     )
@@ -515,6 +525,7 @@ class JobRunner:
 
 
 _NONE: frozenset[Route] = frozenset()
+_NO_KINDS: frozenset[EventKind] = frozenset()
 
 
 def _has_images(answer: ApiResponse) -> bool:

@@ -141,7 +141,7 @@ class Scheduler:
         now = self._clock()
         if self.active < self._limit:
             if pinned is None:
-                if not self._queue and not exclude:
+                if not self._queue.count and not exclude:
                     route = self._pick(avoid, exclude, now)
                     if route is not None:
                         return self._take(route, now, pinned=False)
@@ -164,6 +164,17 @@ class Scheduler:
             self._queue.push(waiter)
         self._dispatch()
         return await self._wait(waiter, deadline if timer else None, loop)
+
+    def take_now(self, avoid: Collection[Route]) -> Lease | None:
+        """
+        :meth:`acquire`'s common case without a coroutine: a slot at once when one is free
+        and nobody waits, on a pool without a backend; else None (then call acquire).
+        """
+        if self.shared is not None or self.active >= self._limit or self._queue.count:
+            return None
+        now = self._clock()
+        route = self._pick(avoid, (), now)
+        return None if route is None else self._take(route, now, pinned=False)
 
     async def _wait(
         self, waiter: Waiter, deadline: float | None, loop: asyncio.AbstractEventLoop
@@ -241,7 +252,7 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         """Serve waiters, best first, while a slot can go to one of them."""
-        if not (self._queue or self._pinned or self._excluded):
+        if not (self._queue.count or self._pinned or self._excluded):
             return  # nobody waits: the common case of a pool with room
         now = self._clock()
         while self.active < self._limit:
