@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, Protocol
@@ -235,47 +234,43 @@ class Dispatcher:
         )
         left = False
         try:
-            async with (
-                asyncio.TaskGroup() as group,
-                contextlib.aclosing(self._drain(feed)) as outcomes,
-            ):
+            async with asyncio.TaskGroup() as group:
                 group.create_task(self._start(feed, group))
-                async for outcome in outcomes:
-                    try:
-                        yield outcome
-                    except GeneratorExit:
-                        # The consumer stopped early: leave the group with an ordinary error
-                        # so that it cancels the jobs in flight (3.11 groups wrap anything else).
-                        raise _ConsumerLeft from None
-                    feed.held.leave()
+                # Outcomes as they complete, or in input order, until the input is exhausted
+                # (in this generator itself: no second generator to resume per outcome).
+                outbox = feed.finished
+                buffered: dict[int, JobOutcome] = {}
+                next_index = yielded = 0
+                input_done = False
+                while not (input_done and yielded == feed.admitted):
+                    item = outbox.items.popleft() if outbox.items else await outbox.get()
+                    if item is None:
+                        input_done = True
+                        continue
+                    if not self.ordered:
+                        ready: Iterable[JobOutcome] = (item,)
+                    else:
+                        buffered[item.index] = item
+                        ready = []
+                        while next_index in buffered:
+                            ready.append(buffered.pop(next_index))
+                            next_index += 1
+                    for outcome in ready:
+                        yielded += 1
+                        try:
+                            yield outcome
+                        except GeneratorExit:
+                            # The consumer stopped early: leave the group with an ordinary
+                            # error so that it cancels the jobs in flight (3.11 groups wrap
+                            # anything else).
+                            raise _ConsumerLeft from None
+                        feed.held.leave()
         except* _ConsumerLeft:
             left = True
         if left:
             return
         if feed.error is not None:
             raise feed.error
-
-    async def _drain(self, feed: _Feed) -> AsyncGenerator[JobOutcome, None]:
-        """Outcomes as they complete, or in input order, until the input is exhausted."""
-        finished = feed.finished
-        buffered: dict[int, JobOutcome] = {}
-        next_index = 0
-        yielded = 0
-        input_done = False
-        while not (input_done and yielded == feed.admitted):
-            outcome = await finished.get()
-            if outcome is None:
-                input_done = True
-                continue
-            if not self.ordered:
-                yielded += 1
-                yield outcome
-                continue
-            buffered[outcome.index] = outcome
-            while next_index in buffered:
-                yielded += 1
-                yield buffered.pop(next_index)
-                next_index += 1
 
     # Jobs run on at most ``concurrency`` worker tasks, each taking the next job of the input
     # when its own ends (no task and no wake-up of a feeding task per job). A job is taken
@@ -468,22 +463,22 @@ class _Outbox:
     waits (``asyncio.Queue`` does the same with a dozen calls more per item).
     """
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_waiter", "items")
 
     def __init__(self) -> None:
-        self._items: collections.deque[JobOutcome | None] = collections.deque()
+        self.items: collections.deque[JobOutcome | None] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
 
     def put(self, item: JobOutcome | None) -> None:
         """Hand on an outcome (None: the input has ended)."""
-        self._items.append(item)
+        self.items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     async def get(self) -> JobOutcome | None:
         """The next item, waiting for one."""
-        items = self._items
+        items = self.items
         while not items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
