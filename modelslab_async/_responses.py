@@ -63,13 +63,6 @@ def retry_after_seconds(headers: Mapping[str, str], body_value: float | None) ->
     return None
 
 
-def _decode(raw: RawResponse) -> Any:
-    try:
-        return json.loads(raw.body.decode())  # utf-8, as the API sends (no encoding sniffing)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
 def _status_error(raw: RawResponse, message: str, server: str, body_wait: float | None) -> None:
     """Raise the error an HTTP error status calls for, whatever the body said."""
     status = raw.status
@@ -96,7 +89,10 @@ _ID_CAP = 128
 
 
 def _body_or_raise(raw: RawResponse, server: str, scrub: Scrub) -> dict[str, Any]:
-    body = _decode(raw)
+    try:
+        body = json.loads(raw.body.decode())  # utf-8, as the API sends (no encoding sniffing)
+    except (ValueError, UnicodeDecodeError):
+        body = None
     if not isinstance(body, dict) or not isinstance(body.get("status"), str):
         snippet = scrub(raw.body[:200].decode("utf-8", "replace"))
         _status_error(raw, f"HTTP {raw.status}: {snippet[:80]!r}", server, None)

@@ -238,7 +238,8 @@ class Scheduler:
         if lease.probe:
             route.health.breaker.probe_abandoned()  # no-op once its outcome was recorded
         self._refresh(route, self._clock())
-        self._dispatch()
+        if self._queue.count or self._pinned or self._excluded:
+            self._dispatch()
 
     def _take(self, route: Route, now: float, *, pinned: bool) -> Lease:
         breaker = route.health.breaker
@@ -322,7 +323,8 @@ class Scheduler:
         self, avoid: Collection[Route], exclude: Collection[Route], now: float
     ) -> Route | None:
         """The best ready route for a job (without taking it), or None."""
-        self._revive(now)
+        if self._resting:
+            self._revive(now)
         ready = self._ready
         stash: list[_Ready] = []
         chosen: Route | None = None
