@@ -367,14 +367,19 @@ class Scheduler:
 
     def _refresh(self, route: Route, now: float) -> None:
         """Put a route where it belongs now: ready (in the heap), full, resting or probing."""
-        route.version += 1
         before = route.place
         health = route.health
         if route.active >= route.capacity:
+            route.version += 1  # its entry in the ready heap is stale now
             place = "full"
         elif (
             health.breaker.state is BreakerState.CLOSED and now >= health.cooldown_until
         ) or health.available(now):
+            if before == "ready" and route.kind == "balancer" and self._routing == "first-server":
+                # The one balancer leads the ready heap whatever its load (its first key is the
+                # only 0): its entry stays valid, and a job costs no heap push or pop.
+                return
+            route.version += 1
             place = "ready"
             # The routing key, inline (this runs twice per job).
             if self._routing == "round-robin":
@@ -392,6 +397,7 @@ class Scheduler:
             if len(ready) > self._ready_cap:
                 self._compact()
         else:
+            route.version += 1
             at = route.health.recovers_at(now)
             if at is None:
                 place = "probing"

@@ -109,6 +109,23 @@ async def test_first_server_mode_fails_over_and_comes_back_after_a_probe() -> No
     assert balancer is (await S(pool).acquire()).route
 
 
+async def test_first_server_mode_keeps_the_balancer_first_through_load_and_a_cooldown() -> None:
+    """The balancer leads whatever its load; cooling down, it gives way, and leads again after."""
+    clock = Clock()
+    pool = ServerPool(servers(2, 2), clock=clock)
+    balancer = S(pool).routes[0]
+    held = [await S(pool).acquire() for _ in range(3)]
+    assert all(lease.route is balancer for lease in held)
+    for lease in held[:2]:
+        S(pool).release(lease)
+    assert balancer is (await S(pool).acquire()).route
+    S(pool).record_error(balancer, RateLimitError("slow down", status_code=429, retry_after=5))
+    S(pool).release(held[2])  # released while cooling: it must not come back early
+    assert "gpu-2" == (await S(pool).acquire()).route.name
+    clock.now += 6
+    assert balancer is (await S(pool).acquire()).route
+
+
 async def test_half_open_lets_exactly_one_probe_through() -> None:
     """While the probe is out, the half-open route takes no other job; a failed probe reopens it."""
     clock = Clock()
