@@ -52,7 +52,7 @@ from modelslab_async import (
 
 JOBS = 5000  # jobs per measured run
 CONCURRENCY = 64  # jobs in flight
-REPEATS = 3  # runs per figure; the median is reported
+REPEATS = 5  # runs per figure; the median is reported
 WARMUP = 300  # jobs run once per contender before measuring (connections, caches)
 SERVERS = 4  # fake servers
 SWEEP = (1, 4, 16, 64, 256)  # concurrency levels of the plot
