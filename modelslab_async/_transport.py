@@ -259,7 +259,7 @@ class AiohttpTransport:
     ) -> Coroutine[Any, Any, RawResponse]:
         """
         POST ``body`` as JSON and read the whole answer, all within ``timeout`` seconds
-        once connected (the connect timeout comes on top).
+        (connecting included; the connect timeout bounds the connection alone).
         """
         return _send(
             self._get_session(),
@@ -270,7 +270,7 @@ class AiohttpTransport:
             server=server,
             cap=self._max_answer,
             deadlines=self._deadlines,
-            within=timeout + self._connect_timeout,
+            within=timeout,
         )
 
     async def get(self, url: str, *, timeout: float) -> RawResponse:

@@ -282,7 +282,7 @@ async def test_a_trickling_answer_cannot_outlast_the_read_timeout() -> None:
             await transport.aclose()
     assert caught.value.timed_out
     assert caught.value.server == "s1"
-    assert 0.25 <= took < 2.0  # the read timeout plus the connect timeout, not for ever
+    assert 0.15 <= took < 2.0  # the read timeout, not for ever
 
 
 async def test_a_trickling_submit_is_a_timed_out_attempt_the_job_survives() -> None:
@@ -295,3 +295,28 @@ async def test_a_trickling_submit_is_a_timed_out_attempt_the_job_survives() -> N
                 await client.img2img(make_request())
     assert caught.value.timed_out
     assert len(caught.value.attempts) == 1
+
+
+async def test_a_held_submit_times_out_at_the_read_timeout_whatever_the_connect_timeout() -> None:
+    """A server holding the request open past the read timeout: the attempt ends then, not
+    after the (longer) connect timeout on top."""
+    release = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"status": "success", "output": ["http://x/y.png"], "id": 1})
+
+    async with serve({f"{PREFIX}/img2img": hold}) as (root, _):
+        transport = AiohttpTransport(connect_timeout=30.0)
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(ReadError) as caught:
+                await transport.post_json(
+                    f"{root}{PREFIX}/img2img", {"key": KEY}, timeout=0.1, server="s1"
+                )
+            took = asyncio.get_running_loop().time() - started
+        finally:
+            await transport.aclose()
+            release.set()
+    assert caught.value.timed_out
+    assert took < 1.0
