@@ -210,7 +210,8 @@ async def _send(
 
 @functools.lru_cache(maxsize=64)
 def _client_timeout(read: float | None, connect: float) -> aiohttp.ClientTimeout:
-    # No total: the job's own deadline bounds the whole call, and one timer less per request.
+    # No total: the job's own deadline bounds the whole call. POSTs pass no sock_read either
+    # (it re-arms a timer on every chunk): their read timeout is on the shared timer.
     return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
 
 
