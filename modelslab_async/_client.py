@@ -185,8 +185,7 @@ class Client:
                 ``init_image`` file cannot be read.
             ModelsLabError: Any other failure; the error's ``attempts`` tell what was tried.
         """
-        if self._state is _State.CLOSED:
-            raise RuntimeError("the client is closed")
+        self._check_open()
         if not isinstance(request, Img2ImgRequest):
             raise InvalidRequestError(
                 "request", f"expected an Img2ImgRequest, got {type(request).__name__}"
@@ -199,25 +198,13 @@ class Client:
             else request_to_wire(request)
         )
         track_id = body["track_id"] = request.track_id or _new_track_id()
-        if isinstance(timeout, Default):
-            timeout = self.timeouts.job
+        job_timeout = self._job_timeout(timeout)
         webhooks = self.webhooks
         if webhooks is None or request.webhook is not None:  # no callback of ours to race
-            runner = JobRunner(
-                self._wire,
-                self._scheduler,
-                retry=self.retry,
-                poll=self.poll,
-                timeout=timeout,
-                emit=on_event,
-                priority=priority,
-                track_id=track_id,
-                deadlines=self._deadlines,
-            )
-            return await runner.submit(body)
+            return await self._runner(job_timeout, on_event, priority, track_id).submit(body)
         body["webhook"] = webhooks.url_for(track_id)
         callbacks = callbacks_of(webhooks)
-        runner = self._runner(timeout, on_event, priority, track_id, callbacks)
+        runner = self._runner(job_timeout, on_event, priority, track_id, callbacks)
         try:
             return await runner.submit(body)
         finally:

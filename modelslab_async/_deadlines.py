@@ -5,7 +5,7 @@ Many jobs' deadlines on one timer. Internal.
 cancelled again, for a deadline that almost never fires. A client runs thousands of jobs a
 second, nearly all with the same timeout, so their deadlines come in order: here they share
 one heap and one loop timer, armed for the earliest deadline only. A job's entry is a tuple
-pushed and, when the job ends, marked done; finished entries are dropped as they reach the
+pushed and, when the job ends, marked left; left entries are dropped as they reach the
 head, and the heap is rebuilt whenever they outnumber the live ones, so memory follows the
 jobs in flight, not the jobs run.
 

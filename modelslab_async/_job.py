@@ -304,28 +304,19 @@ class JobRunner:
                         route,
                         wire.endpoints.img2img,
                         self._body,
-                        read_timeout=wire.timeouts.submit_read
-                        if self._deadline is None
-                        else max(
-                            0.001,
-                            min(wire.timeouts.submit_read, self._deadline - time.monotonic()),
-                        ),
+                        read_timeout=self._read_timeout(wire.timeouts.submit_read),
                         defaults=route.extra_body,
                     )
                 finally:
                     route.in_flight -= 1
                 answer = wire.classify(raw, route, "submit")
-                if (
-                    answer.status == "success"
-                    and not (answer.output or answer.proxy_links)
-                    and answer.id is None
-                ):
+                if answer.status == "success" and not _has_images(answer) and answer.id is None:
                     raise ResponseFormatError(
                         "success without images or id", status_code=200, server=route.name
                     )
             except ModelsLabError as error:
                 return await self._submit_failed(lease, error)
-            if answer.status == "success" and (answer.output or answer.proxy_links):
+            if answer.status == "success" and _has_images(answer):
                 # Done at once, the common case, in line. Its history is not logged: only a
                 # failure reports the attempts, and this job can no longer fail.
                 if self._shared:

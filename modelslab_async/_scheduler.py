@@ -138,15 +138,18 @@ class Scheduler:
                 pinned=pinned,
                 timer=timer,
             )
+        if pinned is None and not exclude:
+            lease = self.take_now(avoid)
+            if lease is not None:
+                return lease
         now = self._clock()
-        if self.active < self._limit:
-            if pinned is None:
-                if not self._queue.count and not exclude:
-                    route = self._pick(avoid, exclude, now)
-                    if route is not None:
-                        return self._take(route, now, pinned=False)
-            elif pinned.active < pinned.capacity and not self._pinned.get(pinned):
-                return self._take(pinned, now, pinned=True)
+        if (
+            pinned is not None
+            and self.active < self._limit
+            and pinned.active < pinned.capacity
+            and not self._pinned.get(pinned)
+        ):
+            return self._take(pinned, now, pinned=True)
         if pinned is None:
             self._check_hope(deadline, now)
         loop = asyncio.get_running_loop()

@@ -267,27 +267,34 @@ async def trickle(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def timed_out_post(
+    root: str, *, timeout: float, connect_timeout: float
+) -> tuple[ReadError, float]:
+    """POST to img2img through a fresh transport: the ReadError it raised, and when."""
+    transport = AiohttpTransport(connect_timeout=connect_timeout)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ReadError) as caught:
+            await transport.post_json(
+                f"{root}{PREFIX}/img2img", {"key": KEY}, timeout=timeout, server="s1"
+            )
+        return caught.value, asyncio.get_running_loop().time() - started
+    finally:
+        await transport.aclose()
+
+
 async def test_a_trickling_answer_cannot_outlast_the_read_timeout() -> None:
     """The read timeout bounds the whole answer, not the gap between two bytes."""
     async with serve({f"{PREFIX}/img2img": trickle}) as (root, _):
-        transport = AiohttpTransport(connect_timeout=0.1)
-        try:
-            started = asyncio.get_running_loop().time()
-            with pytest.raises(ReadError) as caught:
-                await transport.post_json(
-                    f"{root}{PREFIX}/img2img", {"key": KEY}, timeout=0.2, server="s1"
-                )
-            took = asyncio.get_running_loop().time() - started
-        finally:
-            await transport.aclose()
-    assert caught.value.timed_out
-    assert caught.value.server == "s1"
+        error, took = await timed_out_post(root, timeout=0.2, connect_timeout=0.1)
+    assert error.timed_out
+    assert error.server == "s1"
     assert 0.15 <= took < 2.0  # the read timeout, not for ever
 
 
 async def test_a_trickling_submit_is_a_timed_out_attempt_the_job_survives() -> None:
-    """A submit that times out is retried like any lost answer; the job's own deadline and
-    the caller's cancellation stay the job's."""
+    """A submit whose answer trickles past the read timeout ends as a timed-out ReadError
+    carrying its one attempt (retries disabled), long before the job's deadline."""
     async with serve({f"{PREFIX}/img2img": trickle}) as (root, _):
         timeouts = Timeouts(connect=0.05, submit_read=0.1, job=5.0)
         async with client_for(root, timeouts=timeouts) as client:
@@ -307,16 +314,9 @@ async def test_a_held_submit_times_out_at_the_read_timeout_whatever_the_connect_
         return web.json_response({"status": "success", "output": ["http://x/y.png"], "id": 1})
 
     async with serve({f"{PREFIX}/img2img": hold}) as (root, _):
-        transport = AiohttpTransport(connect_timeout=30.0)
         try:
-            started = asyncio.get_running_loop().time()
-            with pytest.raises(ReadError) as caught:
-                await transport.post_json(
-                    f"{root}{PREFIX}/img2img", {"key": KEY}, timeout=0.1, server="s1"
-                )
-            took = asyncio.get_running_loop().time() - started
+            error, took = await timed_out_post(root, timeout=0.1, connect_timeout=30.0)
         finally:
-            await transport.aclose()
             release.set()
-    assert caught.value.timed_out
+    assert error.timed_out
     assert took < 1.0
